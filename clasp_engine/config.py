@@ -1,0 +1,141 @@
+"""One typed configuration for the engine, with defaults and validation.
+
+Every field can be set from the CLI (`clasp segment --max-side 640`) or the
+environment (`CLASP_MAX_SIDE=640`) through `SegmenterConfig.from_env()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from clasp_engine.errors import ConfigError
+
+BACKBONES = (
+    "auto",
+    "classic",
+    "dino_vits8",
+    "dino_vits16",
+    "dino_vitb8",
+    "dino_vitb16",
+    "dinov2_vits14",
+    "dinov2_vits14_reg",
+)
+VARIANTS = ("patch", "pixel")
+FEATURES = ("tokens", "keys")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class CRFConfig:
+    """Fully connected DenseCRF (Krähenbühl & Koltun) parameters for the pixel variant."""
+
+    iterations: int = 5
+    gaussian_sxy: float = 3.0
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = 50.0
+    bilateral_srgb: float = 13.0
+    bilateral_compat: float = 5.0
+    # Probability mass the unary gives to the patch label (the rest is spread);
+    # soft unaries come from the spectral embedding when available.
+    unary_confidence: float = 0.7
+    # Long side (pixels) at which the CRF runs; results are upsampled to the
+    # original size. 0 means the original size.
+    max_side: int = 0
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    backbone: str = "auto"
+    # None: look for local weights, then timm's download; a path: load that file;
+    # "random": random init, for speed measurement only (marked in diagnostics).
+    weights: str | None = None
+    features: str = "tokens"
+    max_side: int = 448
+    variant: str = "pixel"
+    # Fixed K skips the search. None: eigengap elbow + silhouette search.
+    k: int | None = None
+    k_min: int = 2
+    k_max: int = 15
+    n_eigen: int = 20  # m: leading eigenvalues whose gaps are considered
+    silhouette_window: int = 2  # candidates elbow-w .. elbow+w (clipped to bounds)
+    device: str = "auto"
+    seed: int = 0
+    crf: CRFConfig = field(default_factory=CRFConfig)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone={self.backbone!r}: choose one of {', '.join(BACKBONES)}")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"variant={self.variant!r}: choose 'patch' or 'pixel'")
+        if self.features not in FEATURES:
+            raise ConfigError(f"features={self.features!r}: choose 'tokens' or 'keys'")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device={self.device!r}: choose auto, cpu or cuda")
+        if not 32 <= self.max_side <= 4096:
+            raise ConfigError(f"max_side={self.max_side}: use a long side between 32 and 4096 pixels")
+        if not 2 <= self.k_min <= self.k_max:
+            raise ConfigError(f"k_min={self.k_min}, k_max={self.k_max}: need 2 <= k_min <= k_max")
+        if self.k is not None and not 1 <= self.k <= 255:
+            raise ConfigError(f"k={self.k}: a fixed K must be between 1 and 255")
+        if self.n_eigen < self.k_max + 1:
+            raise ConfigError(f"n_eigen={self.n_eigen}: must be at least k_max+1 = {self.k_max + 1}")
+        if self.silhouette_window < 0:
+            raise ConfigError(f"silhouette_window={self.silhouette_window}: must be >= 0")
+        if self.crf.iterations < 1:
+            raise ConfigError(f"crf.iterations={self.crf.iterations}: must be >= 1")
+        if not 0.0 < self.crf.unary_confidence < 1.0:
+            raise ConfigError(f"crf.unary_confidence={self.crf.unary_confidence}: must be in (0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Short stable hash of the config (names a model version)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def replace(self, **changes: Any) -> "SegmenterConfig":
+        crf_changes = {k[4:]: changes.pop(k) for k in list(changes) if k.startswith("crf_")}
+        crf = dataclasses.replace(self.crf, **crf_changes) if crf_changes else self.crf
+        return dataclasses.replace(self, crf=crf, **changes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SegmenterConfig":
+        data = dict(data)
+        crf = CRFConfig(**data.pop("crf", {}))
+        return cls(crf=crf, **data)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "SegmenterConfig":
+        """Defaults, then `CLASP_<FIELD>` / `CLASP_CRF_<FIELD>` variables, then overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "crf":
+                continue
+            raw = env.get(f"CLASP_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, raw, f.type)
+        for f in dataclasses.fields(CRFConfig):
+            raw = env.get(f"CLASP_CRF_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f"crf_{f.name}"] = _parse(f"crf_{f.name}", raw, f.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls().replace(**values)
+
+
+def _parse(name: str, raw: str, type_name: Any) -> Any:
+    t = str(type_name)
+    try:
+        if t.startswith("int"):
+            return int(raw)
+        if t.startswith("float"):
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"CLASP_{name.upper()}={raw!r}: expected a number") from exc
+    return raw
