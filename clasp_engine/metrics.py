@@ -483,3 +483,17 @@ PROTOCOLS: dict[str, Protocol] = {
 def finite_or_none(x: float) -> float | None:
     """JSON-friendly float: NaN / inf become None."""
     return None if x is None or not math.isfinite(x) else float(x)
+
+
+def majority_match(pred: np.ndarray, gt: np.ndarray, ignore: int | None = IGNORE) -> dict[int, int]:
+    """Predicted segment id -> the ground-truth id it overlaps most (for colouring region figures)."""
+    pred = np.asarray(pred)
+    gt = np.asarray(gt)
+    valid = gt != ignore if ignore is not None else np.ones(gt.shape, dtype=bool)
+    seg_ids, p = np.unique(pred[valid], return_inverse=True)
+    gt_ids, g = np.unique(gt[valid], return_inverse=True)
+    if seg_ids.size == 0:
+        return {}
+    table = contingency(p, g, seg_ids.size, gt_ids.size)
+    best = table.argmax(axis=1)
+    return {int(s): int(gt_ids[b]) for s, b in zip(seg_ids, best)}
