@@ -1,0 +1,220 @@
+"""Segmentations -> Label Studio pre-annotations (one brush region per segment).
+
+Each region carries the neutral label (`region` by default) so the reviewer only
+has to pick a label (or delete, merge, redraw). Very small segments are merged
+into their neighbour with the longest shared border, or dropped; the number of
+regions per task is capped the same way (the editor gets slow with many brush
+regions). The prediction has `model_version` (engine version, backbone, config
+hash) and a score; every region has its own score (the segment's confidence).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from integrations.label_studio.config import LabelingConfig
+from integrations.label_studio.rle import mask_rle
+
+MODEL_VERSION_MAX = 100  # the review_links.model_version column
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Same recipe as `SegmenterConfig.fingerprint()`: sha256 of the sorted JSON, 12 hex."""
+    blob = json.dumps(config, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def model_version(engine_version: str, backbone: str, config: dict[str, Any] | str, variant: str | None = None) -> str:
+    """`clasp-<engine version>/<backbone>[/<variant>]/<config hash>`, e.g. `clasp-0.1.0/vit_small_dino8/pixel/3f2a9c0d1e4b`."""
+    h = config if isinstance(config, str) else config_hash(config)
+    parts = [f"clasp-{engine_version or 'unknown'}", backbone or "unknown"]
+    if variant:
+        parts.append(variant)
+    parts.append(h)
+    mv = "/".join(parts)
+    if len(mv) > MODEL_VERSION_MAX:
+        raise ValueError(f"model_version {mv!r} is longer than {MODEL_VERSION_MAX} characters")
+    return mv
+
+
+def model_version_from_diagnostics(diagnostics: dict[str, Any]) -> str:
+    return model_version(
+        diagnostics.get("engine_version", ""),
+        diagnostics.get("backbone", ""),
+        diagnostics.get("config", {}),
+        diagnostics.get("variant"),
+    )
+
+
+@dataclass(frozen=True)
+class RegionPolicy:
+    min_area: int = 0  # pixels; smaller segments are merged or dropped
+    min_area_fraction: float = 0.0  # of the image; the larger of the two limits applies
+    small: Literal["merge", "drop"] = "merge"
+    max_regions: int = 40  # per task; the smallest beyond the cap are merged or dropped
+
+    def __post_init__(self) -> None:
+        if self.small not in ("merge", "drop"):
+            raise ValueError(f"small={self.small!r}: must be 'merge' or 'drop'")
+        if self.max_regions < 1:
+            raise ValueError("max_regions must be >= 1")
+        if self.min_area < 0 or not 0.0 <= self.min_area_fraction < 1.0:
+            raise ValueError("min_area must be >= 0 and min_area_fraction in [0, 1)")
+
+    def limit(self, n_pixels: int) -> int:
+        return max(self.min_area, int(np.ceil(self.min_area_fraction * n_pixels)))
+
+
+@dataclass
+class Region:
+    region_id: str
+    labels: tuple[int, ...]  # segment labels covered by this region (several when merged)
+    area: int
+    score: float
+
+
+@dataclass
+class BuiltPrediction:
+    prediction: dict[str, Any]  # {"model_version", "score", "result": [...]}
+    regions: list[Region]
+    dropped: list[int] = field(default_factory=list)  # segment labels left out
+    merged: dict[int, int] = field(default_factory=dict)  # segment label -> label it was merged into
+    width: int = 0
+    height: int = 0
+
+    @property
+    def score(self) -> float:
+        return self.prediction["score"]
+
+
+def _adjacency(labels: np.ndarray, k: int) -> np.ndarray:
+    """Shared-border counts between labels (4-neighbourhood), k x k symmetric."""
+    adj = np.zeros((k, k), dtype=np.int64)
+    for a, b in ((labels[:, 1:], labels[:, :-1]), (labels[1:, :], labels[:-1, :])):
+        diff = a != b
+        if diff.any():
+            np.add.at(adj, (a[diff], b[diff]), 1)
+    return adj + adj.T
+
+
+def plan_regions(labels: np.ndarray, policy: RegionPolicy) -> tuple[np.ndarray, list[int], dict[int, int]]:
+    """Group segment labels into regions. Returns (group of each label, -1 = dropped), dropped, merged."""
+    k = int(labels.max()) + 1 if labels.size else 0
+    area = np.bincount(labels.ravel(), minlength=k).astype(np.int64)
+    alive = area > 0
+    group = np.arange(k)
+    limit = policy.limit(labels.size)
+    dropped: list[int] = []
+    merged: dict[int, int] = {}
+
+    def too_small(i: int) -> bool:
+        return area[i] < limit
+
+    if policy.small == "drop":
+        order = [i for i in np.argsort(-area, kind="stable") if alive[i]]
+        keep = [i for i in order if not too_small(i)][: policy.max_regions]
+        keep_set = set(keep)
+        for i in order:
+            if i not in keep_set:
+                group[i] = -1
+                dropped.append(int(i))
+        return group, sorted(dropped), merged
+
+    adj = _adjacency(labels, k) if k > 1 else np.zeros((k, k), dtype=np.int64)
+    while True:
+        live = np.flatnonzero(alive)
+        if live.size <= 1:
+            break
+        smallest = int(live[np.argmin(area[live])])
+        if not too_small(smallest) and live.size <= policy.max_regions:
+            break
+        contacts = adj[smallest].copy()
+        contacts[smallest] = 0
+        if contacts.max() <= 0:  # no neighbour (cannot happen on a connected image; be safe)
+            alive[smallest] = False
+            group[group == smallest] = -1
+            dropped.append(smallest)
+            continue
+        into = int(np.argmax(contacts))
+        group[group == smallest] = into
+        for lab in np.flatnonzero(group == into):
+            if lab != into:
+                merged[int(lab)] = into
+        area[into] += area[smallest]
+        area[smallest] = 0
+        alive[smallest] = False
+        adj[into] += adj[smallest]
+        adj[:, into] += adj[:, smallest]
+        adj[into, into] = 0
+        adj[smallest] = 0
+        adj[:, smallest] = 0
+    return group, sorted(dropped), merged
+
+
+def region_masks(labels: np.ndarray, regions: list[Region]) -> list[np.ndarray]:
+    return [np.isin(labels, r.labels) for r in regions]
+
+
+def build_prediction(
+    labels: np.ndarray,
+    confidences: dict[int, float] | None,
+    *,
+    model_version: str,
+    config: LabelingConfig | None = None,
+    policy: RegionPolicy | None = None,
+    label: str | None = None,
+    encoder: Callable[[np.ndarray], list[int]] = mask_rle,
+) -> BuiltPrediction:
+    """One brush region per segment (after merging/dropping small ones)."""
+    config = config or LabelingConfig()
+    policy = policy or RegionPolicy()
+    label = label or config.neutral_label
+    if label not in config.taxonomy:
+        from integrations.label_studio.config import LabelConfigError
+
+        raise LabelConfigError(f"label {label!r} is not in the taxonomy {config.labels}")
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 2-D integer label map, got {labels.dtype} {labels.shape}")
+    if labels.size and labels.min() < 0:
+        raise ValueError("labels must be >= 0")
+    h, w = labels.shape
+    confidences = confidences or {}
+    group, dropped, merged = plan_regions(labels, policy)
+    k = group.size
+    area = np.bincount(labels.ravel(), minlength=k)
+    lut = np.where(group >= 0, group, k).astype(np.int64)
+    grouped = lut[labels] if k else labels
+    regions: list[Region] = []
+    result: list[dict[str, Any]] = []
+    for g in sorted({int(x) for x in group if x >= 0}):
+        members = tuple(int(i) for i in np.flatnonzero(group == g) if area[i] > 0)
+        a = int(sum(area[i] for i in members))
+        if a == 0:
+            continue
+        score = float(sum(area[i] * float(confidences.get(i, 1.0)) for i in members) / a)
+        rid = f"clasp-{g}"
+        mask = grouped == g
+        regions.append(Region(rid, members, a, score))
+        result.append(
+            {
+                "id": rid,
+                "from_name": config.from_name,
+                "to_name": config.to_name,
+                "type": "brushlabels",
+                "original_width": int(w),
+                "original_height": int(h),
+                "image_rotation": 0,
+                "score": round(score, 6),
+                "value": {"format": "rle", "rle": encoder(mask), "brushlabels": [label]},
+            }
+        )
+    total = sum(r.area for r in regions)
+    task_score = float(sum(r.area * r.score for r in regions) / total) if total else 0.0
+    prediction = {"model_version": model_version, "score": round(task_score, 6), "result": result}
+    return BuiltPrediction(prediction, regions, dropped, merged, int(w), int(h))

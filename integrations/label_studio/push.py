@@ -1,0 +1,288 @@
+"""Push segmentations into a Label Studio project as tasks with inline predictions.
+
+`push_segmentations(client, project, items)` is a plain function (the flow calls it
+through `integrations.db.reviews.push_for_review`, which adds the SQL glue):
+
+- tasks are imported in bulk (`batch_size` per request, predictions inline);
+- idempotent: every task carries `clasp_key = "<image id>@<model version>"`; keys
+  already in the project are not sent again (and are reported, so a lost DB record
+  can be restored);
+- when Label Studio is down or answers 5xx, the batch is retried with backoff after
+  reconciling with the server (a batch that did land is not sent twice); after the
+  last try the push stops, the rest stays unsent (`PushResult.unsent`, `.error`) and
+  nothing is half-sent without a record: `on_batch` is called after every batch that
+  landed, before the next one is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from integrations.label_studio.client import LabelStudioClient, LabelStudioUnavailable, Project
+from integrations.label_studio.config import LabelingConfig, validate_labels
+from integrations.label_studio.images import ImageModeError, ImageResolver
+from integrations.label_studio.predictions import RegionPolicy, build_prediction
+
+log = logging.getLogger(__name__)
+
+KEY_FIELD = "clasp_key"
+
+
+@dataclass
+class PushItem:
+    image_id: int
+    image_uri: str
+    labels: np.ndarray | Callable[[], np.ndarray]  # label map, or a loader (read from SQL lazily)
+    model_version: str
+    confidences: dict[int, float] = field(default_factory=dict)
+    segmentation_id: int | None = None
+
+    @property
+    def key(self) -> str:
+        return task_key(self.image_id, self.model_version)
+
+    def label_map(self) -> np.ndarray:
+        return self.labels() if callable(self.labels) else self.labels
+
+
+def task_key(image_id: int, model_version: str) -> str:
+    return f"{image_id}@{model_version}"
+
+
+@dataclass
+class PushRecord:
+    image_id: int
+    segmentation_id: int | None
+    model_version: str
+    project_id: int
+    task_id: int
+    prediction_id: int | None = None
+    n_regions: int | None = None
+    score: float | None = None
+    image_mode: str | None = None
+    existed: bool = False  # the task was already in Label Studio
+
+
+@dataclass
+class PushResult:
+    project_id: int
+    project_title: str = ""
+    sent: list[PushRecord] = field(default_factory=list)
+    existing: list[PushRecord] = field(default_factory=list)
+    unsent: list[int] = field(default_factory=list)  # image ids left for the next run
+    failed: dict[int, str] = field(default_factory=dict)  # image id -> why it cannot be shown
+    error: str | None = None
+    image_modes: dict[str, int] = field(default_factory=dict)
+    import_requests: int = 0
+    seconds: float = 0.0
+    encode_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.failed
+
+    @property
+    def tasks_per_second(self) -> float:
+        return len(self.sent) / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "project_id": self.project_id,
+            "project_title": self.project_title,
+            "sent": len(self.sent),
+            "already_in_label_studio": len(self.existing),
+            "unsent": len(self.unsent),
+            "failed": len(self.failed),
+            "error": self.error,
+            "image_modes": dict(self.image_modes),
+            "regions": sum(r.n_regions or 0 for r in self.sent),
+            "import_requests": self.import_requests,
+            "seconds": round(self.seconds, 3),
+            "tasks_per_second": round(self.tasks_per_second, 2),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.summary()
+        d["records"] = [asdict(r) for r in self.sent + self.existing]
+        d["failures"] = {str(k): v for k, v in self.failed.items()}
+        return d
+
+
+def _existing_keys(client: LabelStudioClient, project_id: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in client.tasks(project_id, include="id,data"):
+        key = (t.get("data") or {}).get(KEY_FIELD)
+        if key and key not in out:
+            out[key] = int(t["id"])
+    return out
+
+
+def push_segmentations(
+    client: LabelStudioClient,
+    project: Project,
+    items: Iterable[PushItem],
+    *,
+    labeling: LabelingConfig | None = None,
+    policy: RegionPolicy | None = None,
+    resolver: ImageResolver | None = None,
+    batch_size: int = 50,
+    retries: int = 4,
+    backoff: float = 1.0,
+    on_batch: Callable[[list[PushRecord]], None] | None = None,
+    fetch_prediction_ids: bool = True,
+) -> PushResult:
+    labeling = labeling or LabelingConfig()
+    policy = policy or RegionPolicy()
+    resolver = resolver or ImageResolver.from_env()
+    items = list(items)
+    result = PushResult(project.id, project.title)
+    t0 = time.perf_counter()
+    log.info("Label Studio push to project %d (%s): %s", project.id, project.title, resolver.describe())
+    validate_labels([labeling.neutral_label], project.label_config, labeling.from_name)
+
+    try:
+        existing = _existing_keys(client, project.id)
+    except LabelStudioUnavailable as e:
+        result.error = str(e)
+        result.unsent = [it.image_id for it in items]
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    todo: list[PushItem] = []
+    for it in items:
+        if it.key in existing:
+            result.existing.append(
+                PushRecord(it.image_id, it.segmentation_id, it.model_version, project.id, existing[it.key], existed=True)
+            )
+        else:
+            todo.append(it)
+    if result.existing and on_batch:
+        on_batch(result.existing)
+
+    modes: Counter[str] = Counter()
+    storages_done: set[str] = set()
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        tasks: list[dict] = []
+        metas: list[tuple[PushItem, int, float, str]] = []
+        for it in chunk:
+            try:
+                img = resolver.resolve(it.image_uri)
+            except (ImageModeError, OSError) as e:
+                result.failed[it.image_id] = str(e)
+                continue
+            te = time.perf_counter()
+            built = build_prediction(
+                it.label_map(), it.confidences, model_version=it.model_version, config=labeling, policy=policy
+            )
+            result.encode_seconds += time.perf_counter() - te
+            validate_labels(
+                {lab for r in built.prediction["result"] for lab in r["value"]["brushlabels"]},
+                project.label_config,
+                labeling.from_name,
+            )
+            if img.storage_dir is not None and str(img.storage_dir) not in storages_done:
+                try:
+                    client.ensure_local_storage(project.id, str(img.storage_dir))
+                except LabelStudioUnavailable as e:
+                    result.error = str(e)
+                    break
+                storages_done.add(str(img.storage_dir))
+            tasks.append(
+                {
+                    "data": {
+                        labeling.image_key: img.value,
+                        KEY_FIELD: it.key,
+                        "clasp_image_id": it.image_id,
+                        "clasp_segmentation_id": it.segmentation_id,
+                        "clasp_model_version": it.model_version,
+                        "clasp_image_mode": img.mode,
+                    },
+                    "predictions": [built.prediction],
+                }
+            )
+            metas.append((it, len(built.regions), built.score, img.mode))
+        if result.error:
+            result.unsent.extend(it.image_id for it in todo[start:] if it.image_id not in result.failed)
+            break
+        if not tasks:
+            continue
+        task_ids = _import_with_reconcile(client, project.id, tasks, result, retries=retries, backoff=backoff)
+        if task_ids is None:  # gave up: this batch and the rest wait for the next run
+            result.unsent.extend(it.image_id for it in todo[start:] if it.image_id not in result.failed)
+            break
+        records = [
+            PushRecord(it.image_id, it.segmentation_id, it.model_version, project.id, tid, None, n, round(score, 6), mode)
+            for (it, n, score, mode), tid in zip(metas, task_ids)
+        ]
+        for (_, _, _, mode) in metas:
+            modes[mode] += 1
+        result.sent.extend(records)
+        if on_batch:
+            on_batch(records)
+
+    result.image_modes = dict(modes)
+    if fetch_prediction_ids and (result.sent or result.existing) and result.error is None:
+        try:
+            _fill_prediction_ids(client, project.id, result.sent + result.existing)
+            if on_batch:
+                on_batch(result.sent + result.existing)
+        except LabelStudioUnavailable as e:  # ids can be filled by a later run; the tasks are recorded
+            log.warning("could not read prediction ids: %s", e)
+    result.seconds = time.perf_counter() - t0
+    log.info("Label Studio push: %s", result.summary())
+    return result
+
+
+def _import_with_reconcile(
+    client: LabelStudioClient, project_id: int, tasks: list[dict], result: PushResult, *, retries: int, backoff: float
+) -> list[int] | None:
+    """Import `tasks`; on a transient failure, wait, drop the ones that landed anyway, retry."""
+    pending = tasks
+    landed: dict[str, int] = {}
+    for attempt in range(retries + 1):
+        try:
+            result.import_requests += 1
+            ids = client.import_tasks(project_id, pending)
+            for t, tid in zip(pending, ids):
+                landed[t["data"][KEY_FIELD]] = tid
+            result.error = None
+            return [landed[t["data"][KEY_FIELD]] for t in tasks]
+        except LabelStudioUnavailable as e:
+            result.error = str(e)
+            if attempt == retries:
+                log.error("Label Studio import gave up after %d tries: %s", retries + 1, e)
+                # what did land (if anything) is found by key on the next run
+                return None
+            delay = min(30.0, backoff * 2**attempt) * (0.75 + 0.5 * random.random())
+            log.warning("Label Studio import failed (%s); retry %d/%d in %.1fs", e, attempt + 1, retries, delay)
+            time.sleep(delay)
+            try:
+                existing = _existing_keys(client, project_id)
+            except LabelStudioUnavailable:
+                continue  # still down: keep the whole batch pending
+            for t in tasks:
+                k = t["data"][KEY_FIELD]
+                if k in existing:
+                    landed[k] = existing[k]
+            pending = [t for t in tasks if t["data"][KEY_FIELD] not in landed]
+            if not pending:
+                result.error = None
+                return [landed[t["data"][KEY_FIELD]] for t in tasks]
+    return None
+
+
+def _fill_prediction_ids(client: LabelStudioClient, project_id: int, records: list[PushRecord]) -> None:
+    by_task: dict[tuple[int, str], int] = {}
+    for p in client.predictions(project_id):
+        k = (int(p.get("task")), str(p.get("model_version")))
+        by_task.setdefault(k, int(p["id"]))
+    for r in records:
+        r.prediction_id = by_task.get((r.task_id, r.model_version))
