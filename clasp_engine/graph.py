@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 # Solver crossover on CPU, measured on this project's 2-core machine (float32,
 # 20 leading eigenpairs of a dense normalised affinity, median of 3, ms; other
@@ -29,6 +30,11 @@ import torch
 # Dense (scipy, only the wanted subset) wins or ties below ~400 patches and is
 # exact and deterministic; Lanczos wins from ~400 on. torch.lobpcg was 2-20x
 # slower than eigsh on CPU at every size and is used only on CUDA for huge graphs.
+#
+# NumPy/SciPy calls here run under threadpool_limits(1): once torch has used
+# its OpenMP pool, its spinning threads starve OpenBLAS's, and a 1200x1200
+# matvec went from 0.66 ms to 16 ms (eigsh on N=2400: 372 ms with 2 BLAS
+# threads after torch, 109 ms with 1).
 DENSE_MAX_CPU = 400
 # On CUDA a dense eigh of a few thousand nodes takes milliseconds; beyond this
 # the O(N^3) dense solve loses to LOBPCG's O(N^2 m) iterations.
@@ -120,7 +126,8 @@ def leading_eigenpairs(W: torch.Tensor, m: int, *, solver: str = "auto", seed: i
 
             a = A.detach().cpu().numpy()
             # Only the wanted subset: cheaper than a full decomposition.
-            vals, vecs = scipy.linalg.eigh(a, subset_by_index=[n - m, n - 1], driver="evr")
+            with threadpool_limits(limits=1):
+                vals, vecs = scipy.linalg.eigh(a, subset_by_index=[n - m, n - 1], driver="evr")
             vals, vecs = vals[::-1], vecs[:, ::-1]
             name = "dense-scipy"
     elif solver == "lanczos":
@@ -130,7 +137,8 @@ def leading_eigenpairs(W: torch.Tensor, m: int, *, solver: str = "auto", seed: i
         v0 = np.random.default_rng(seed).standard_normal(n).astype(a.dtype)
         # tol 1e-4 is far below the eigengaps and silhouettes that use these values
         # (differences of 1e-2 and more) and halves the iterations vs machine precision.
-        vals, vecs = scipy.sparse.linalg.eigsh(a, k=m, which="LA", v0=v0, tol=1e-4)
+        with threadpool_limits(limits=1):
+            vals, vecs = scipy.sparse.linalg.eigsh(a, k=m, which="LA", v0=v0, tol=1e-4)
         order = np.argsort(-vals, kind="stable")
         vals, vecs = vals[order], vecs[:, order]
         name = "lanczos"

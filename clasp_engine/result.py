@@ -47,6 +47,7 @@ class Diagnostics:
     engine_version: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    solver: str = ""  # eigensolver used: "dense-scipy" | "dense-torch" | "lanczos" | "lobpcg"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,0 +1,249 @@
+"""The CLASP pipeline: image -> patch features -> spectrum -> K -> clusters -> labels.
+
+``Segmenter`` loads the backbone once; each call runs the stages, times them
+and returns a :class:`~clasp_engine.result.Segmentation` whose diagnostics say
+how K was chosen and how long every stage took.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+
+from clasp_engine.cluster import Clustering, spectral_embedding, spectral_kmeans
+from clasp_engine.config import SegmenterConfig
+from clasp_engine.graph import affinity, leading_eigenpairs
+from clasp_engine.refine import crf_labels, upsample_labels
+from clasp_engine.result import Diagnostics, Segment, Segmentation
+from clasp_engine.select_k import select_k
+
+STAGES = ("load", "resize", "backbone", "affinity", "eigensolver", "k_search", "clustering", "crf", "upsample",
+          "total")
+RANDOM_WEIGHTS_WARNING = "random weights: speed measurement only"
+CLASSIC_FALLBACK_WARNING = "classic fallback: no ViT weights found, using the weight-free classic features"
+# Images of one size go through the backbone together, at most this many at once
+# (bounds activation memory for ViT-S/8 at large sizes).
+MAX_BATCH = 8
+
+
+class Segmenter:
+    """Training-free region proposals for one configuration.
+
+    Parameters
+    ----------
+    config : SegmenterConfig, optional
+        Defaults to ``SegmenterConfig()``.
+    backbone : Backbone, optional
+        A ready feature extractor (see ``clasp_engine.backbones.base.Backbone``);
+        by default one is created from the config, once, here.
+    """
+
+    def __init__(self, config: SegmenterConfig | None = None, backbone: Any | None = None):
+        self.config = config if config is not None else SegmenterConfig()
+        if backbone is None:
+            from clasp_engine.backbones import create_backbone, resolve_device
+
+            backbone = create_backbone(self.config, resolve_device(self.config.device))
+        self.backbone = backbone
+        self.warnings = self._backbone_warnings()
+
+    def _backbone_warnings(self) -> list[str]:
+        warnings = list(getattr(self.backbone, "warnings", []) or [])
+        kind = getattr(self.backbone.weights, "kind", "")
+        if kind == "random" and RANDOM_WEIGHTS_WARNING not in warnings:
+            warnings.append(RANDOM_WEIGHTS_WARNING)
+        if (self.backbone.name == "classic" and self.config.backbone != "classic"
+                and not any("classic" in w for w in warnings)):
+            warnings.append(CLASSIC_FALLBACK_WARNING)
+        return warnings
+
+    def __call__(self, image: Any) -> Segmentation:
+        """Segment one image: a path, encoded bytes, a PIL image or an (H, W, 3) array."""
+        return self.segment_batch([image])[0]
+
+    def segment_batch(self, images: list[Any]) -> list[Segmentation]:
+        """Segment several images; those of equal working size share backbone passes."""
+        from clasp_engine.images import load_image, resize_to_grid
+
+        prepared = []
+        for source in images:
+            timings = dict.fromkeys(STAGES, 0.0)
+            t0 = time.perf_counter()
+            original = load_image(source)
+            t1 = time.perf_counter()
+            work = resize_to_grid(original, self.config.max_side, self.backbone.patch_size)
+            t2 = time.perf_counter()
+            timings["load"], timings["resize"] = t1 - t0, t2 - t1
+            prepared.append((original, work, timings))
+
+        groups: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
+        for i, (_, work, _) in enumerate(prepared):
+            groups.setdefault(work.shape[:2], []).append(i)
+        features: list[torch.Tensor | None] = [None] * len(prepared)
+        for indices in groups.values():
+            for start in range(0, len(indices), MAX_BATCH):
+                chunk = indices[start:start + MAX_BATCH]
+                t0 = time.perf_counter()
+                out = self.backbone.patch_features([prepared[i][1] for i in chunk])
+                self._sync()
+                share = (time.perf_counter() - t0) / len(chunk)
+                for i, f in zip(chunk, out):
+                    features[i] = f
+                    prepared[i][2]["backbone"] = share
+
+        return [self._segment_features(orig, work, feats, timings)
+                for (orig, work, timings), feats in zip(prepared, features)]
+
+    # ------------------------------------------------------------------ stages
+
+    def _sync(self) -> None:
+        # CUDA kernels run asynchronously; without a sync the time lands in a later stage.
+        if self.backbone.device.type == "cuda":
+            torch.cuda.synchronize(self.backbone.device)
+
+    def _segment_features(self, original: np.ndarray, work: np.ndarray, feats: torch.Tensor,
+                          timings: dict[str, float]) -> Segmentation:
+        cfg = self.config
+        rows, cols = int(feats.shape[0]), int(feats.shape[1])
+        n = rows * cols
+        height, width = original.shape[:2]
+
+        t = time.perf_counter()
+        W = affinity(feats)
+        self._sync()
+        timings["affinity"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        m = min(max(cfg.n_eigen, cfg.k or 0), n)
+        spectrum = leading_eigenpairs(W, m, seed=cfg.seed)
+        self._sync()
+        timings["eigensolver"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        selection = select_k(spectrum.eigenvalues, spectrum.eigenvectors, k=cfg.k, k_min=cfg.k_min,
+                             k_max=cfg.k_max, window=cfg.silhouette_window, seed=cfg.seed)
+        timings["k_search"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        clustering = selection.clustering
+        if clustering is None:
+            k = max(1, min(selection.k, spectrum.eigenvectors.shape[1]))
+            clustering = spectral_kmeans(spectral_embedding(spectrum.eigenvectors, k), k, seed=cfg.seed)
+        timings["clustering"] = time.perf_counter() - t
+
+        patch_labels = clustering.labels.reshape(rows, cols)
+        probabilities = clustering.probabilities.reshape(rows, cols, clustering.k)
+        if cfg.variant == "pixel" and clustering.k > 1:
+            t = time.perf_counter()
+            labels = crf_labels(original, probabilities, cfg.crf)
+            timings["crf"] = time.perf_counter() - t
+        else:
+            labels = None
+
+        t = time.perf_counter()
+        if labels is None:
+            labels = upsample_labels(patch_labels, height, width)
+        labels, patch_labels, k, mapping = _compact(labels, patch_labels, clustering.k)
+        segments = _segments(labels, k, _pixel_confidences(labels, clustering, mapping, rows, cols))
+        timings["upsample"] = time.perf_counter() - t
+        timings["total"] = sum(v for key, v in timings.items() if key != "total")
+
+        warnings = list(self.warnings)
+        if selection.k != k:
+            warnings.append(f"K shrank from {selection.k} to {k}: empty clusters after "
+                            f"{'CRF' if cfg.variant == 'pixel' else 'clustering'} were dropped")
+        weights = self.backbone.weights
+        diagnostics = Diagnostics(
+            k=k,
+            elbow_k=selection.elbow_k,
+            k_rule=selection.rule,
+            eigenvalues=[float(v) for v in spectrum.eigenvalues],
+            eigengaps=[float(v) for v in selection.eigengaps],
+            elbow_distances=[float(v) for v in selection.elbow_distances],
+            silhouette={int(c): float(s) for c, s in selection.silhouette.items()},
+            backbone=self.backbone.name,
+            weights=weights.describe(),
+            weights_sha256=weights.sha256,
+            features=cfg.features,
+            variant=cfg.variant,
+            width=width,
+            height=height,
+            work_width=int(work.shape[1]),
+            work_height=int(work.shape[0]),
+            grid=(rows, cols),
+            patch_size=int(self.backbone.patch_size),
+            device=str(self.backbone.device),
+            timings={key: float(timings[key]) for key in STAGES},
+            engine_version=_engine_version(),
+            config=cfg.to_dict(),
+            warnings=warnings,
+            solver=spectrum.solver,
+        )
+        return Segmentation(labels=labels, patch_labels=patch_labels, segments=segments, diagnostics=diagnostics)
+
+
+def _engine_version() -> str:
+    from clasp_engine import __version__
+
+    return __version__
+
+
+def _compact(labels: np.ndarray, patch_labels: np.ndarray, k_before: int
+             ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Renumber labels 0..K-1 by first occurrence in raster order, dropping empty ones.
+
+    Returns the label map (uint8 when K <= 255, else uint16), the patch grid in
+    the same numbering (labels that vanished at pixel level get numbers >= K),
+    K, and the old -> new mapping.
+    """
+    flat = labels.ravel()
+    present, first = np.unique(flat, return_index=True)
+    order = present[np.argsort(first, kind="stable")]
+    mapping = np.full(max(k_before, int(flat.max()) + 1), -1, dtype=np.int64)
+    mapping[order] = np.arange(len(order))
+    missing = np.flatnonzero(mapping == -1)
+    mapping[missing] = len(order) + np.arange(len(missing))
+    k = len(order)
+    dtype = np.uint8 if k <= 255 else np.uint16
+    return mapping[labels].astype(dtype), mapping[patch_labels].astype(np.int64), k, mapping
+
+
+def _pixel_confidences(labels: np.ndarray, clustering: Clustering, mapping: np.ndarray, rows: int,
+                       cols: int) -> np.ndarray:
+    """Mean soft probability of each final segment over its pixels.
+
+    Each pixel reads the probability its patch (nearest) gives to the pixel's
+    final label: the same as upsampling the probabilities, without the (K, H, W) array.
+    """
+    height, width = labels.shape
+    k = int(labels.max()) + 1
+    inverse = np.argsort(mapping)[:k]  # new label -> old (clustering) label
+    ri = np.minimum((np.arange(height) * rows) // height, rows - 1)
+    ci = np.minimum((np.arange(width) * cols) // width, cols - 1)
+    patch_index = ri[:, None] * cols + ci[None, :]
+    old = inverse[labels.astype(np.int64)]
+    p = clustering.probabilities[patch_index, np.minimum(old, clustering.k - 1)]
+    sums = np.bincount(labels.ravel(), weights=p.ravel(), minlength=k)
+    counts = np.bincount(labels.ravel(), minlength=k)
+    return sums / np.maximum(counts, 1)
+
+
+def _segments(labels: np.ndarray, k: int, confidences: np.ndarray) -> list[Segment]:
+    height, width = labels.shape
+    lab = labels.astype(np.int64)
+    areas = np.bincount(lab.ravel(), minlength=k)
+    # Per-label presence by row and by column, from two bincounts (no per-label masks).
+    row_hits = np.bincount((np.arange(height)[:, None] * k + lab).ravel(), minlength=height * k).reshape(height, k)
+    col_hits = np.bincount((np.arange(width)[None, :] * k + lab).ravel(), minlength=width * k).reshape(width, k)
+    segments = []
+    for label in range(k):
+        ys = np.flatnonzero(row_hits[:, label])
+        xs = np.flatnonzero(col_hits[:, label])
+        segments.append(Segment(label=label, area=int(areas[label]),
+                                bbox=(int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1),
+                                confidence=float(np.clip(confidences[label], 0.0, 1.0))))
+    return segments
