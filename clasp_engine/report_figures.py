@@ -72,7 +72,7 @@ def k_histogram(ks: list[int], n_gt: list[float], path: Path, *, gt_name: str = 
     ax1.hist(ks_a, bins=bins, alpha=0.65, label="chosen K", color="tab:blue")
     ax1.set_xlabel("count per image")
     ax1.set_ylabel("images")
-    ax1.legend()
+    ax1.legend(loc="best", fontsize=8)
     ax1.set_title("distribution")
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, size=ks_a.shape)
     ax2.scatter(gt_a, ks_a + jitter, s=18, alpha=0.7, color="tab:blue")
@@ -81,7 +81,7 @@ def k_histogram(ks: list[int], n_gt: list[float], path: Path, *, gt_name: str = 
     ax2.set_ylim(0, hi)
     ax2.set_xlabel(gt_name)
     ax2.set_ylabel("chosen K")
-    ax2.legend(loc="upper left")
+    ax2.legend(loc="upper left", fontsize=8)
     if len(ks_a) > 1 and np.nanstd(ks_a) > 0 and np.nanstd(gt_a) > 0:
         r = np.corrcoef(ks_a, gt_a)[0, 1]
         ax2.set_title(f"per image (Pearson r = {r:.2f})")
