@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,7 @@ def spectral_kmeans(embedding: np.ndarray, k: int, *, seed: int = 0, n_init: int
     any cluster k-means left empty is dropped (K may then shrink).
     """
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
     from threadpoolctl import threadpool_limits
 
     x = np.ascontiguousarray(embedding, dtype=np.float32)
@@ -56,7 +58,10 @@ def spectral_kmeans(embedding: np.ndarray, k: int, *, seed: int = 0, n_init: int
         centroids = x.mean(axis=0, keepdims=True)
     else:
         # One thread: after torch has run, OpenMP pools fight (31 -> 19 ms at N=2400, K=8).
-        with threadpool_limits(limits=1):
+        # Fewer distinct points than K (flat image regions) makes sklearn warn; the
+        # empty clusters it leaves are dropped below, which is the handling we want.
+        with threadpool_limits(limits=1), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
             km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x)
         labels = km.labels_.astype(np.int64)
         centroids = km.cluster_centers_.astype(np.float32)

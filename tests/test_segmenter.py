@@ -1,0 +1,138 @@
+"""Segmenter end to end with a small fake backbone (no weights, no timm), and the renderers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clasp_engine import SegmenterConfig
+from clasp_engine.backbones.base import WeightsInfo
+from clasp_engine.result import Diagnostics
+from clasp_engine.segmenter import STAGES, Segmenter
+
+
+class FakeBackbone:
+    """Per-patch mean colour and its complement (never a zero vector)."""
+
+    name = "fake"
+    patch_size = 8
+
+    def __init__(self, kind: str = "none"):
+        self.weights = WeightsInfo(kind)
+        self.device = torch.device("cpu")
+        self.calls: list[int] = []
+
+    def patch_features(self, images):
+        self.calls.append(len(images))
+        out = []
+        for im in images:
+            h, w = im.shape[:2]
+            p = self.patch_size
+            m = im.reshape(h // p, p, w // p, p, 3).astype(np.float32).mean(axis=(1, 3)) / 255.0
+            out.append(torch.from_numpy(np.concatenate([m, 1 - m], -1)))
+        return out
+
+
+def scene(h: int = 150, w: int = 230, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    img = np.zeros((h, w, 3), np.float64)
+    img[:] = (30, 60, 200)
+    img[(yy - h // 2) ** 2 + (xx - w // 3) ** 2 < (h // 4) ** 2] = (240, 200, 40)
+    img[: h // 5] = (20, 200, 30)
+    return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def results():
+    img = scene()
+    out = {}
+    for variant in ("patch", "pixel"):
+        seg = Segmenter(SegmenterConfig(variant=variant, max_side=224), backbone=FakeBackbone())
+        out[variant] = (seg(img), seg(img.copy()))
+    return img, out
+
+
+@pytest.mark.parametrize("variant", ["patch", "pixel"])
+def test_labels_original_size_compact_and_deterministic(results, variant):
+    img, out = results
+    a, b = out[variant]
+    assert a.labels.shape == img.shape[:2] and a.labels.dtype == np.uint8
+    assert np.array_equal(a.labels, b.labels)
+    assert sorted(np.unique(a.labels).tolist()) == list(range(a.k))
+    assert a.k == 3  # sky band, disc, background
+    assert sum(s.area for s in a.segments) == img.shape[0] * img.shape[1]
+    for s in a.segments:
+        mask = a.labels == s.label
+        assert s.area == mask.sum()
+        ys, xs = np.nonzero(mask)
+        assert s.bbox == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        assert 0.0 <= s.confidence <= 1.0
+    assert a.patch_labels.shape == a.diagnostics.grid
+
+
+def test_diagnostics_complete(results):
+    img, out = results
+    r = out["pixel"][0]
+    d = r.diagnostics
+    assert d.k_rule == "silhouette" and d.elbow_k is not None and r.k in d.silhouette
+    assert len(d.eigenvalues) == 20 and len(d.eigengaps) == 19 == len(d.elbow_distances)
+    assert (d.width, d.height) == (img.shape[1], img.shape[0])
+    assert d.work_width % 8 == 0 and d.grid == (d.work_height // 8, d.work_width // 8)
+    assert set(d.timings) == set(STAGES) and d.timings["crf"] > 0
+    assert d.timings["total"] == pytest.approx(sum(v for k, v in d.timings.items() if k != "total"))
+    assert d.solver and d.device == "cpu" and d.weights == "none" and d.variant == "pixel"
+    j = r.to_dict()
+    for key in ("k", "elbow_k", "eigenvalues", "eigengaps", "silhouette", "backbone", "variant", "width",
+                "height", "timings", "segments"):
+        assert key in j
+    import json
+
+    back = Diagnostics.from_dict(json.loads(json.dumps(d.to_dict())))
+    assert back == d
+    assert out["patch"][0].diagnostics.timings["crf"] == 0
+
+
+def test_fixed_k_and_warnings():
+    seg = Segmenter(SegmenterConfig(variant="patch", max_side=128, k=2), backbone=FakeBackbone("random"))
+    r = seg(scene())
+    assert r.k == 2 and r.diagnostics.k_rule == "fixed" and r.diagnostics.silhouette == {}
+    assert any("random weights" in w for w in r.diagnostics.warnings)
+
+
+def test_batch_shares_forward_passes_and_matches_single():
+    bb = FakeBackbone()
+    seg = Segmenter(SegmenterConfig(variant="patch", max_side=128), backbone=bb)
+    imgs = [scene(seed=0), scene(seed=1), scene(100, 100)]
+    batch = seg.segment_batch(imgs)
+    assert bb.calls == [2, 1]  # two same-size images share one pass
+    single = seg(imgs[1])
+    assert np.array_equal(batch[1].labels, single.labels)
+
+
+def test_inputs_path_bytes_pil(tmp_path):
+    from PIL import Image
+
+    img = scene()
+    path = tmp_path / "x.png"
+    Image.fromarray(img).save(path)
+    seg = Segmenter(SegmenterConfig(variant="patch", max_side=128), backbone=FakeBackbone())
+    ref = seg(img).labels
+    for source in (path, str(path), path.read_bytes(), Image.open(path)):
+        assert np.array_equal(seg(source).labels, ref)
+
+
+def test_render_overlay_and_spectrum_figure(results, artifacts_dir):
+    from PIL import Image
+
+    from clasp_engine.render import overlay, spectrum_figure
+
+    img, out = results
+    r = out["pixel"][0]
+    ov = overlay(img, r.labels)
+    assert ov.shape == img.shape and ov.dtype == np.uint8
+    assert not np.array_equal(ov, img)
+    path = spectrum_figure(r.diagnostics, artifacts_dir / "test_spectrum.png")
+    with Image.open(path) as fig:
+        assert fig.size[0] > 600
