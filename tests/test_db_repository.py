@@ -18,6 +18,7 @@ from integrations.db import (
     LeaseLostError,
     claim_batch,
     counts_by_status,
+    extend_lease,
     decode_mask,
     encode_mask,
     failure_reasons,
@@ -281,3 +282,13 @@ def test_storage_per_image_at_640x480(session, capsys):
     with capsys.disabled():
         print(f"\n[storage 640x480, K=6, {session.get_bind().dialect.name}] {json.dumps(sizes)}")
     assert sizes["mask"] < 20_000 and sizes["diagnostics_json"] < 4_000
+
+
+def test_extend_lease_keeps_only_what_the_worker_holds(session):
+    register_images(session, inputs(3))
+    mine = claim_batch(session, "w", 2, lease_seconds=5)
+    other = claim_batch(session, "v", 1, lease_seconds=5)
+    held = extend_lease(session, "w", [c.id for c in mine + other], lease_seconds=3600)
+    assert held == sorted(c.id for c in mine)
+    session.expire_all()
+    assert session.get(Image, mine[0].id).lease_expires_at > dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=30)

@@ -21,6 +21,7 @@ from integrations.db.repository import (
     claim_batch,
     counts_by_status,
     delete_image,
+    extend_lease,
     failure_reasons,
     finish_run,
     k_distribution,

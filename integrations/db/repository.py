@@ -450,6 +450,25 @@ def release_claims(
     return res.rowcount or 0
 
 
+def extend_lease(
+    session: Session, worker_id: str, image_ids: Iterable[int], lease_seconds: float, *, commit: bool = True
+) -> list[int]:
+    """Heartbeat for long batches: push the lease of images this worker still holds.
+    Returns the ids still held (an image missing from it was reclaimed: drop it)."""
+    ids = list(image_ids)
+    if not ids:
+        return []
+    rows = session.execute(
+        update(Image)
+        .where(Image.id.in_(ids), Image.status == CLAIMED, Image.claimed_by == worker_id)
+        .values(lease_expires_at=_now_plus(session, lease_seconds), updated_at=_now(session))
+        .returning(Image.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    _finish(session, commit)
+    return sorted(r[0] for r in rows)
+
+
 def _lease_detail(session: Session, image_id: int) -> str:
     row = session.execute(select(Image.status, Image.claimed_by).where(Image.id == image_id)).first()
     if row is None:
@@ -857,6 +876,7 @@ __all__ = [
     "claim_batch",
     "counts_by_status",
     "delete_image",
+    "extend_lease",
     "failure_reasons",
     "finish_run",
     "from_json",
