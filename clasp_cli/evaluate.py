@@ -270,7 +270,9 @@ def run(args: argparse.Namespace) -> int:
     wall_seconds = time.perf_counter() - started
     report = _report(args, ds, protocol, per_image, skipped, totals, region_list, config, engine_info,
                      wall_seconds, load_seconds)
-    _print_table(report)
+    # with `--json -` the JSON owns stdout; the table goes to stderr
+    table_out = sys.stderr if args.json == "-" else sys.stdout
+    _print_table(report, table_out)
 
     if args.json:
         text = json.dumps(report, indent=2)
@@ -286,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         figures = _figures(report, extremes, out_dir)
-        print(f"figures  {out_dir}: eval.json, {', '.join(p.name for p in figures)}")
+        print(f"figures  {out_dir}: eval.json, {', '.join(p.name for p in figures)}", file=table_out)
     if not per_image:
         _err("no image could be scored")
         return 1
@@ -358,7 +360,7 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 100:.1f} %"
 
 
-def _print_table(rep: dict[str, Any]) -> None:
+def _print_table(rep: dict[str, Any], out=None) -> None:
     if rep["kind"] == "class":
         head = f"{rep['dataset']} ({rep['n_classes']} classes)"
     else:
@@ -388,7 +390,7 @@ def _print_table(rep: dict[str, Any]) -> None:
     if rep["seconds_per_image"] is not None:
         t = f"{rep['seconds_per_image']:.3f} s/image (engine), " + t
     lines.append(f"time     {t}")
-    print("\n".join(lines))
+    print("\n".join(lines), file=out or sys.stdout)
 
 
 def _figures(rep: dict[str, Any], extremes: _Extremes, out_dir: Path) -> list[Path]:

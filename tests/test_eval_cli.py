@@ -132,6 +132,16 @@ def test_eval_predictions_region_dataset_hand_computed(tmp_path, capsys):
     assert "covering" in capsys.readouterr().out
 
 
+def test_eval_json_to_stdout_keeps_the_table_on_stderr(class_dataset, capsys):
+    root, preds = class_dataset
+    assert main(["eval", str(root), "--predictions", str(preds), "--protocol", "native", "--json", "-",
+                 "--limit", "2", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    rep = json.loads(captured.out)
+    assert rep["n_images"] == 2 and rep["miou"] == pytest.approx(1 / 3)
+    assert "mIoU" in captured.err
+
+
 def test_eval_rejects_a_folder_that_is_not_a_dataset(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--predictions", str(tmp_path)]) == 2
     assert "no images/ folder" in capsys.readouterr().err
