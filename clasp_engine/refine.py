@@ -75,6 +75,8 @@ def crf_labels(image: np.ndarray, probabilities: np.ndarray, crf: CRFConfig) -> 
     # pydensecrf rejects anything but C-contiguous float32 unaries / uint8 images.
     energy = np.ascontiguousarray(-np.log(np.clip(unary, 1e-8, 1.0)).reshape(k, -1), dtype=np.float32)
     rgb = np.ascontiguousarray(work, dtype=np.uint8)
+    if not rgb.flags.writeable:  # pydensecrf's memoryview wants a writeable buffer
+        rgb = rgb.copy()
     d = dcrf.DenseCRF2D(w, h, k)
     d.setUnaryEnergy(energy)
     # Kernel widths are in pixels of the original image; shrink them with the image.

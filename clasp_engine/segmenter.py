@@ -56,7 +56,7 @@ class Segmenter:
         kind = getattr(self.backbone.weights, "kind", "")
         if kind == "random" and RANDOM_WEIGHTS_WARNING not in warnings:
             warnings.append(RANDOM_WEIGHTS_WARNING)
-        if (self.backbone.name == "classic" and self.config.backbone != "classic"
+        if (self.backbone.name.startswith("classic") and self.config.backbone != "classic"
                 and not any("classic" in w for w in warnings)):
             warnings.append(CLASSIC_FALLBACK_WARNING)
         return warnings
