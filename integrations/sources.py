@@ -163,6 +163,12 @@ class HttpSource:
         deadline = time.monotonic() + timeout_s
         url = uri
         try:
+            first = httpx.URL(url)
+        except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            raise SourceError(uri, f"invalid URL: {exc}") from None
+        if first.host:  # refuse before any client or connection exists
+            resolve_allowed(uri, first.host, first.port or (443 if first.scheme == "https" else 80), settings)
+        try:
             with httpx.Client(follow_redirects=False, trust_env=False, headers={"User-Agent": USER_AGENT}) as client:
                 for _hop in range(MAX_REDIRECTS + 1):
                     result = self._get(client, uri, url, settings, deadline)
