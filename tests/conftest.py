@@ -28,3 +28,27 @@ def artifacts_dir() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+# --- Label Studio: one real server per test session (own venv, loopback, SQLite) ---
+
+
+@pytest.fixture(scope="session")
+def label_studio_server(tmp_path_factory):
+    """A fresh Label Studio on a free 127.0.0.1 port; installs `.venv-label-studio` if missing (~70 s once).
+
+    Local-files serving is enabled with the repository's parent folder as document
+    root, so `../shared/data` images are served to the browser.
+    """
+    from integrations.label_studio.server import LocalLabelStudio, ServerError, ensure_venv, free_port
+
+    try:
+        ensure_venv()
+    except (ServerError, OSError) as e:
+        pytest.skip(f"cannot install Label Studio into its own venv: {e}")
+    server = LocalLabelStudio(
+        tmp_path_factory.mktemp("label-studio"), port=free_port(), document_root=REPO_ROOT.parent
+    )
+    server.start(timeout=240)
+    yield server
+    server.stop()

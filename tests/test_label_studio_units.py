@@ -450,3 +450,21 @@ def test_push_when_down_keeps_everything_unsent():
 
     r = push_segmentations(_client(handler), Project(1, "p", LabelingConfig().xml()), _items(3), backoff=0.001)
     assert not r.sent and r.unsent == [1, 2, 3] and "unavailable" in r.error
+
+
+def test_label_map_rles_byte_identical_to_sdk_per_region(rng):
+    for _ in range(20):
+        h, w = rng.integers(1, 70, size=2)
+        k = int(rng.integers(1, 9))
+        labels = rng.integers(0, k, size=(max(1, h // 4), max(1, w // 4)))
+        labels = np.repeat(np.repeat(labels, 4, 0), 4, 1)[:h, :w] if h >= 4 and w >= 4 else labels
+        codes = rle.label_map_rles(labels, range(k + 1))  # k: absent label -> empty mask
+        for v in range(k + 1):
+            assert codes[v] == mask2rle((labels == v).astype(np.uint8) * 255)
+
+
+def test_prediction_rles_equal_sdk_encoder():
+    labels = _three_regions()
+    built = build_prediction(labels, {}, model_version="m", policy=RegionPolicy(min_area=10))
+    sdk = build_prediction(labels, {}, model_version="m", policy=RegionPolicy(min_area=10), encoder=rle.sdk_mask_rle)
+    assert built.prediction == sdk.prediction

@@ -249,7 +249,10 @@ def sync_reviews(
         if link is None:
             result.unknown_tasks.append(tid)
             continue
-        preds = [p for p in task.get("predictions") or [] if p.get("model_version") == link.model_version]
+        preds = [p for p in task.get("predictions") or [] if isinstance(p, dict)]
+        if not preds:  # the export lists prediction ids only: read the task's predictions
+            preds = client.task_predictions(tid)
+        preds = [p for p in preds if p.get("model_version") == link.model_version]
         proposals = regions_from_result(preds[0].get("result", []), labeling.from_name) if preds else []
         for ann in sorted(task.get("annotations") or [], key=lambda a: a.get("id", 0)):
             if ann.get("was_cancelled"):

@@ -306,6 +306,10 @@ class LabelStudioClient:
     def predictions(self, project_id: int) -> list[dict]:
         return self.request("GET", "/api/predictions", params={"project": project_id}, expect=list)
 
+    def task_predictions(self, task_id: int) -> list[dict]:
+        preds = self.request("GET", "/api/predictions", params={"task": task_id}, expect=list)
+        return [p for p in preds if p.get("task") == task_id]
+
     def task(self, task_id: int) -> dict:
         return self.request("GET", f"/api/tasks/{task_id}", expect=dict)
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from integrations.label_studio.config import LabelingConfig
-from integrations.label_studio.rle import mask_rle
+from integrations.label_studio.rle import label_map_rles
 
 MODEL_VERSION_MAX = 100  # the review_links.model_version column
 
@@ -168,9 +168,13 @@ def build_prediction(
     config: LabelingConfig | None = None,
     policy: RegionPolicy | None = None,
     label: str | None = None,
-    encoder: Callable[[np.ndarray], list[int]] = mask_rle,
+    encoder: Callable[[np.ndarray], list[int]] | None = None,
 ) -> BuiltPrediction:
-    """One brush region per segment (after merging/dropping small ones)."""
+    """One brush region per segment (after merging/dropping small ones).
+
+    `encoder` (mask -> RLE) defaults to one pass over the label map for all regions
+    (`label_map_rles`, byte-identical to the SDK's `mask2rle` of each region's mask).
+    """
     config = config or LabelingConfig()
     policy = policy or RegionPolicy()
     label = label or config.neutral_label
@@ -192,14 +196,15 @@ def build_prediction(
     grouped = lut[labels] if k else labels
     regions: list[Region] = []
     result: list[dict[str, Any]] = []
-    for g in sorted({int(x) for x in group if x >= 0}):
+    wanted = sorted({int(x) for x in group if x >= 0})
+    codes = label_map_rles(grouped, wanted) if encoder is None else None
+    for g in wanted:
         members = tuple(int(i) for i in np.flatnonzero(group == g) if area[i] > 0)
         a = int(sum(area[i] for i in members))
         if a == 0:
             continue
         score = float(sum(area[i] * float(confidences.get(i, 1.0)) for i in members) / a)
         rid = f"clasp-{g}"
-        mask = grouped == g
         regions.append(Region(rid, members, a, score))
         result.append(
             {
@@ -211,7 +216,8 @@ def build_prediction(
                 "original_height": int(h),
                 "image_rotation": 0,
                 "score": round(score, 6),
-                "value": {"format": "rle", "rle": encoder(mask), "brushlabels": [label]},
+                "value": {"format": "rle", "rle": codes[g] if codes is not None else encoder(grouped == g),
+                          "brushlabels": [label]},
             }
         )
     total = sum(r.area for r in regions)

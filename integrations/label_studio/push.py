@@ -148,7 +148,7 @@ def push_segmentations(
     validate_labels([labeling.neutral_label], project.label_config, labeling.from_name)
 
     try:
-        existing = _existing_keys(client, project.id)
+        existing = _with_backoff(lambda: _existing_keys(client, project.id), retries, backoff)
     except LabelStudioUnavailable as e:
         result.error = str(e)
         result.unsent = [it.image_id for it in items]
@@ -190,7 +190,7 @@ def push_segmentations(
             )
             if img.storage_dir is not None and str(img.storage_dir) not in storages_done:
                 try:
-                    client.ensure_local_storage(project.id, str(img.storage_dir))
+                    _with_backoff(lambda: client.ensure_local_storage(project.id, str(img.storage_dir)), retries, backoff)
                 except LabelStudioUnavailable as e:
                     result.error = str(e)
                     break
@@ -239,6 +239,18 @@ def push_segmentations(
     result.seconds = time.perf_counter() - t0
     log.info("Label Studio push: %s", result.summary())
     return result
+
+
+def _with_backoff(fn: Callable[[], Any], retries: int, backoff: float) -> Any:
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except LabelStudioUnavailable as e:
+            if attempt == retries:
+                raise
+            delay = min(30.0, backoff * 2**attempt) * (0.75 + 0.5 * random.random())
+            log.warning("Label Studio unavailable (%s); retry %d/%d in %.1fs", e, attempt + 1, retries, delay)
+            time.sleep(delay)
 
 
 def _import_with_reconcile(

@@ -116,6 +116,26 @@ def mask_rle(mask: np.ndarray) -> list[int]:
     return _encode_runs(flat.size * 4, lengths * 4, vals)
 
 
+def label_map_rles(label_map: np.ndarray, values) -> dict[int, list[int]]:
+    """`mask_rle(label_map == v)` for every v in `values`, from one pass over the label map.
+
+    The runs of the label map are computed once; each region's binary runs are those
+    runs merged where membership does not change. Same bytes as `mask_rle`.
+    """
+    flat = np.ascontiguousarray(label_map).ravel()
+    out: dict[int, list[int]] = {}
+    if not flat.size:
+        return {int(v): encode_rle(np.zeros(0, np.uint8)) for v in values}
+    lengths, vals = _runs(flat)
+    for v in values:
+        member = vals == v
+        change = np.flatnonzero(np.concatenate([[True], member[1:] != member[:-1]]))
+        run_len = np.add.reduceat(lengths, change)
+        run_val = np.where(member[change], 255, 0).astype(np.uint32)
+        out[int(v)] = _encode_runs(flat.size * 4, run_len * 4, run_val)
+    return out
+
+
 def decode_rle(rle) -> np.ndarray:
     """Decode Label Studio RLE -> flat uint8 array, like the SDK's `decode_rle`.
 
