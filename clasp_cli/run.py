@@ -1,0 +1,140 @@
+"""`clasp run [SOURCE]`: the moderation pipeline in-process, on SQLite, with no server to start.
+
+Runs the `moderation_pipeline` Prefect flow against a local Prefect backend
+(a temporary server the first flow starts, its history kept under
+`.clasp/prefect`), registers SOURCE, segments everything waiting, stores masks
+and diagnostics in the database, writes overlay images, and pushes the
+proposals to Label Studio when LABEL_STUDIO_URL (and a token) are set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from clasp_engine.config import BACKBONES, VARIANTS
+
+# A closed network: no telemetry from the client or the local server.
+QUIET_PREFECT_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    # The local server's first start creates its database (migrations): on a busy
+    # laptop that takes longer than Prefect's default 20 s.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", nargs="?", help="folder, glob, file of URIs (one a line) or one image URI/path")
+    parser.add_argument("--samples", action="store_true", help="use the sample photos bundled with dependencies")
+    parser.add_argument("--limit", type=int, help="segment at most this many images in this run")
+    parser.add_argument("--batch-size", type=int, help="images per batch (default CLASP_BATCH_SIZE or 16)")
+    parser.add_argument("--backbone", choices=BACKBONES, help="feature extractor (default CLASP_BACKBONE or auto)")
+    parser.add_argument("--weights", help="weights file, or 'random' for speed tests only")
+    parser.add_argument("--variant", choices=VARIANTS, help="patch (spectral only) or pixel (+DenseCRF)")
+    parser.add_argument("--max-side", type=int, help="long side the backbone sees, in pixels")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default CLASP_DEVICE or auto")
+    parser.add_argument("--database-url", help="SQLAlchemy URL (default CLASP_DATABASE_URL or sqlite:///clasp.db)")
+    parser.add_argument("--out", "--output-dir", dest="output_dir", help="where overlays go (default clasp-output)")
+    parser.add_argument("--project", help="Label Studio project title (default CLASP_LABEL_STUDIO_PROJECT)")
+    parser.add_argument("--no-overlays", action="store_true", help="do not write overlay images")
+    parser.add_argument("--no-review", action="store_true", help="do not push to Label Studio even if configured")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--quiet", action="store_true", help="only warnings from Prefect's logger")
+
+
+def prepare_environment(workdir: Path | None = None) -> None:
+    """Telemetry off and a project-local PREFECT_HOME, unless the caller already chose."""
+    for key, value in QUIET_PREFECT_ENV.items():
+        os.environ.setdefault(key, value)
+    if "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
+        home = (workdir or Path.cwd()) / ".clasp" / "prefect"
+        home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
+        os.environ["PREFECT_HOME"] = str(home)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.source and not args.samples:
+        print("clasp run: give a SOURCE (folder, glob, URI list) or --samples", file=sys.stderr)
+        return 2
+    prepare_environment()
+    if args.quiet:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+    # Imported only now: prefect reads its settings at import time.
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from flows import common
+    from flows.pipeline import moderation_pipeline
+
+    settings = common.settings(
+        database_url=args.database_url, batch_size=args.batch_size, device=args.device, output_dir=args.output_dir
+    )
+    source: str | list[str] | None = args.source
+    if args.samples:
+        from integrations.samples import sample_image_paths
+
+        source = [str(p.resolve()) for p in sample_image_paths()]
+    common.ensure_schema(settings.database_url)
+
+    # In-process there is nobody to notice a crashed run from its missing heartbeats,
+    # and each flow would wait ~1 s for its heartbeat thread at its end.
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        state = moderation_pipeline(
+            source=source,
+            batch_size=settings.batch_size,
+            limit=args.limit,
+            backbone=args.backbone,
+            variant=args.variant,
+            weights=args.weights,
+            max_side=args.max_side,
+            device=args.device,
+            project=args.project,
+            database_url=settings.database_url,
+            output_dir=str(settings.output_dir),
+            overlays=not args.no_overlays,
+            review=not args.no_review,
+            return_state=True,
+        )
+    if not state.is_completed():
+        print(f"clasp run: the pipeline ended {state.type.value}: {state.message}", file=sys.stderr)
+        return 1
+    result = state.result()
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(describe(result, settings, overlays=not args.no_overlays))
+    return 0
+
+
+def describe(result: dict, settings, overlays: bool = True) -> str:
+    from flows import common
+
+    seg = result["segment"]
+    lines = ["", "CLASP moderation pipeline"]
+    if "ingest" in result:
+        ing = result["ingest"]
+        lines.append(f"  registered    {ing['registered']} new of {ing['found']} found ({ing['already_known']} already known)")
+    lines.append(f"  segmented     {seg['done']}  (K: " + ", ".join(f"{k}x{c}" for k, c in seg["k_distribution"].items()) + ")")
+    lines.append(f"  failed        {seg['failed']}")
+    for reason, count in list(seg["failure_reasons"].items())[:5]:
+        lines.append(f"      {count} x {reason}")
+    lines.append(f"  speed         {seg['images_per_second']:.2f} images/s end to end ({seg['wall_seconds']:.1f} s)")
+    if seg.get("outside_engine_share") is not None:
+        lines.append(f"  outside engine {100 * seg['outside_engine_share']:.1f}% of wall time (orchestration, database, image I/O)")
+    lines.append("Where to look:")
+    lines.append(f"  database      {common.display_url(settings.database_url)}   (clasp status)")
+    if overlays:
+        lines.append(f"  overlays      {Path(settings.output_dir) / 'overlays'}/<image id>.jpg")
+    if "push" in result:
+        push = result["push"]
+        lines.append(f"  Label Studio  {push.get('project_url') or settings.label_studio_url}  ({push.get('pushed', '?')} pushed)")
+    else:
+        lines.append(f"  Label Studio  not used: {result.get('review', {}).get('reason', '')}")
+    home = os.environ.get("PREFECT_HOME")
+    if home and "PREFECT_API_URL" not in os.environ:
+        lines.append(f"  run history   PREFECT_HOME={home} prefect server start   (then http://127.0.0.1:4200)")
+    return "\n".join(lines)

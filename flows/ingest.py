@@ -1,0 +1,61 @@
+"""`ingest`: register images from a source (a folder, a glob, a URI list file, a URI) in SQL.
+
+Registering only records URIs (and what the source layer learns cheaply); bytes
+are read later by the `segment` flow's workers. Registering twice is harmless:
+the data layer skips what it already knows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows import common
+
+
+@task(
+    name="register-images",
+    retries=common.RETRIES,
+    retry_delay_seconds=common.RETRY_DELAYS,
+    retry_condition_fn=common.retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def register(database_url: str, uris: list[str]) -> dict[str, Any]:
+    with common.session(database_url) as session:
+        result = common.register_images(session, uris)
+        session.commit()
+    return result
+
+
+@task(name="list-source", cache_policy=NO_CACHE)
+def list_source(source: str, limit: int | None) -> list[str]:
+    return common.source_uris(source, limit)
+
+
+@flow(name="ingest")
+def ingest(
+    source: str | list[str],
+    limit: int | None = None,
+    database_url: str | None = None,
+    chunk_size: int = 1000,
+) -> dict[str, Any]:
+    """Register every image of `source` (one source, or a list of URIs/paths) as waiting."""
+    logger = get_run_logger()
+    url = common.settings(database_url=database_url).database_url
+    if isinstance(source, (list, tuple)):
+        uris = [str(u) for u in source][: limit if limit is not None else None]
+    else:
+        uris = list_source(source, limit)
+    totals: dict[str, int] = {"found": len(uris), "registered": 0, "already_known": 0}
+    # Chunks keep one task run (and one transaction) per thousand URIs, not per image.
+    for start in range(0, len(uris), chunk_size):
+        result = register(url, uris[start : start + chunk_size])
+        for key in ("registered", "already_known"):
+            totals[key] += int(result.get(key, 0))
+    logger.info(
+        "ingest: %d found, %d newly registered, %d already known",
+        totals["found"], totals["registered"], totals["already_known"],
+    )
+    return totals

@@ -1,0 +1,125 @@
+"""`moderation_pipeline`: ingest -> segment -> push_for_review -> sync_reviews, as subflows.
+
+Scheduled by the moderation team (see prefect.yaml), or run in-process by
+`clasp run SOURCE` on a laptop. Without Label Studio configured it still
+ingests, segments and stores, and says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows import common
+from flows.ingest import ingest
+from flows.review import label_studio_configured, push_for_review, sync_reviews
+from flows.segment import segment
+
+
+@task(name="run-segment-deployment", cache_policy=NO_CACHE)
+def run_segment_deployment(deployment: str, parameters: dict[str, Any], index: int) -> dict[str, Any]:
+    """Trigger one `segment` run on the GPU pool and wait for it to finish."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(deployment, parameters=parameters, flow_run_name=None, as_subflow=True)
+    state = run.state
+    return {"flow_run_id": str(run.id), "name": run.name, "state": state.type.value if state else None}
+
+
+@task(name="status-counts", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30],
+      retry_condition_fn=common.retry_if_transient)
+def status_counts(database_url: str) -> dict[str, int]:
+    with common.session(database_url) as session:
+        return common.counts_by_status(session)
+
+
+@flow(name="moderation_pipeline", task_runner=ThreadPoolTaskRunner(max_workers=8))
+def moderation_pipeline(
+    source: str | list[str] | None = None,
+    batch_size: int | None = None,
+    limit: int | None = None,
+    backbone: str | None = None,
+    variant: str | None = None,
+    weights: str | None = None,
+    max_side: int | None = None,
+    device: str | None = None,
+    project: str | None = None,
+    database_url: str | None = None,
+    output_dir: str | None = None,
+    overlays: bool = True,
+    review: bool = True,
+    segment_deployment: str | None = None,
+    segment_runs: int = 1,
+) -> dict[str, Any]:
+    """Register `source` (if given), segment what waits, push proposals and sync reviews (if Label Studio is set).
+
+    In-process (`clasp run`), segmentation is a subflow of this run. Deployed,
+    `segment_deployment` (e.g. "segment/gpu") fans it out: `segment_runs` runs
+    of that deployment on the GPU pool, which share the queue through the
+    database claim.
+    """
+    # database_url is passed on as given (None: each flow reads CLASP_DATABASE_URL), so a
+    # password from the environment never becomes a flow parameter on the dashboard.
+    logger = get_run_logger()
+    settings = common.settings(database_url=database_url, batch_size=batch_size, device=device, output_dir=output_dir)
+    url = settings.database_url
+    result: dict[str, Any] = {}
+    if source:
+        result["ingest"] = ingest(source, limit=limit, database_url=database_url)
+    seg_params = dict(
+        batch_size=batch_size,
+        limit=limit,
+        backbone=backbone,
+        variant=variant,
+        weights=weights,
+        max_side=max_side,
+        device=device,
+        overlays=overlays,
+    )
+    if segment_deployment:
+        # Deployed: the GPU workers read the database URL and output dir from their own environment.
+        params = {k: v for k, v in seg_params.items() if v is not None}
+        futures = [run_segment_deployment.submit(segment_deployment, params, i) for i in range(max(1, segment_runs))]
+        runs = [f.result() for f in futures]
+        counts = status_counts(url)
+        result["segment"] = {"runs": runs, "images": counts, "done": counts.get("segmented", 0), "failed": counts.get("failed", 0)}
+    else:
+        result["segment"] = segment(database_url=database_url, output_dir=output_dir, **seg_params)
+    project = project or settings.label_studio_project
+    if review and label_studio_configured(settings):
+        result["push"] = push_for_review(project=project, database_url=database_url)
+        result["sync"] = sync_reviews(project=project, database_url=database_url)
+    else:
+        reason = "disabled" if not review else "Label Studio not configured (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)"
+        logger.info("review hand-off skipped: %s", reason)
+        result["review"] = {"skipped": True, "reason": reason}
+    create_markdown_artifact(
+        key="moderation-pipeline",
+        markdown=_markdown(result, common.display_url(url), settings, project),
+        description="What this run did and where to look",
+    )
+    return result
+
+
+def _markdown(result: dict[str, Any], url: str, settings: Any, project: str) -> str:
+    seg = result["segment"]
+    lines = ["## Moderation pipeline", ""]
+    if "ingest" in result:
+        ing = result["ingest"]
+        lines.append(f"- registered **{ing['registered']}** new of {ing['found']} found")
+    if "images_per_second" in seg:
+        lines.append(f"- segmented **{seg['done']}**, failed **{seg['failed']}** ({seg['images_per_second']:.2f} images/s)")
+    else:
+        lines.append(f"- segment runs: {seg['runs']}; images by status: {seg['images']}")
+    lines.append(f"- database: `{url}` (`clasp status`)")
+    lines.append(f"- overlays: `{settings.output_dir}/overlays/`")
+    if "push" in result:
+        link = result["push"].get("project_url") or settings.label_studio_url
+        lines.append(f"- Label Studio: [{project}]({link})")
+    else:
+        lines.append(f"- Label Studio: {result['review']['reason']}")
+    return "\n".join(lines) + "\n"

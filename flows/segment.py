@@ -1,0 +1,511 @@
+"""`segment`: claim batches of waiting images from SQL and run the engine on them.
+
+Shape of one flow run (task granularity is a batch, never an image):
+
+    prepare_batch(1) ─┐
+                      ├─ segment_batch(1) ─ store_batch(1)
+    prepare_batch(2) ─┘   (the next batch is claimed, read and decoded on a
+                           thread while this one is on the accelerator)
+                      ├─ segment_batch(2) ─ store_batch(2)
+    ...
+
+- The Segmenter (and its model) is built once per worker process and reused
+  (`flows.common.get_segmenter`); DenseCRF runs batched inside `segment_batch`.
+- One bad image fails alone, with its reason, in SQL; the rest of its batch goes on.
+- A batch whose task crashes leaves its images claimed: their lease expires and
+  the next run (or another worker) reclaims them.
+- Retries with backoff only for transient errors (database connection,
+  network); never for bad input.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows import common
+from integrations.settings import Settings
+
+
+# ---------------------------------------------------------------- data passed between tasks
+@dataclass
+class Item:
+    image_id: int
+    uri: str
+    image: Any = None  # decoded RGB array (H, W, 3) uint8
+
+
+@dataclass
+class Failure:
+    image_id: int
+    uri: str
+    stage: str  # read | decode | segment | store
+    reason: str
+    retryable: bool = False
+
+
+@dataclass
+class Prepared:
+    items: list[Item] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    claimed: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # claim, read, decode
+
+
+@dataclass
+class Segmented:
+    done: list[tuple[Item, Any]] = field(default_factory=list)  # (item, Segmentation)
+    failures: list[Failure] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # engine wall
+
+
+@dataclass
+class BatchReport:
+    """What one batch did; small and JSON-ready, summed by the flow."""
+
+    claimed: int = 0
+    done: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    k_counts: Counter = field(default_factory=Counter)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # engine stages, summed over images
+    io_seconds: dict[str, float] = field(default_factory=dict)  # claim, read, decode, engine_wall, store, overlay
+    backbone: str | None = None  # as the engine reports it (e.g. "auto" resolved)
+    device: str | None = None
+
+    def final_failures(self) -> int:
+        """Failures that ended the image (not those put back in the queue for another try)."""
+        return sum(1 for f in self.failures if f.get("status") != "waiting")
+
+    def add(self, other: "BatchReport") -> None:
+        self.backbone = self.backbone or other.backbone
+        self.device = self.device or other.device
+        self.claimed += other.claimed
+        self.done += other.done
+        self.failures.extend(other.failures)
+        self.k_counts.update(other.k_counts)
+        for mine, theirs in ((self.stage_seconds, other.stage_seconds), (self.io_seconds, other.io_seconds)):
+            for key, value in theirs.items():
+                mine[key] = mine.get(key, 0.0) + value
+
+
+def _add_seconds(into: dict[str, float], key: str, value: float) -> None:
+    into[key] = into.get(key, 0.0) + value
+
+
+# ---------------------------------------------------------------- tasks
+@task(
+    name="prepare-batch",
+    retries=common.RETRIES,
+    retry_delay_seconds=common.RETRY_DELAYS,
+    retry_condition_fn=common.retry_if_transient,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def prepare_batch(database_url: str, worker_id: str, n: int, settings_json: dict[str, Any]) -> Prepared:
+    """Claim up to n waiting images, read their bytes and decode them. Bad input fails here, alone."""
+    from clasp_engine.errors import InvalidImageError
+    from clasp_engine.images import load_image
+    from integrations import sources
+    from integrations.db import repository as repo
+
+    settings = Settings(**settings_json)
+    out = Prepared()
+    t0 = time.perf_counter()
+    with common.session(database_url) as session:
+        # claim_batch first puts expired leases back in the queue (crashed workers).
+        claimed = repo.claim_batch(session, worker_id, n, settings.lease_seconds, max_attempts=settings.max_attempts)
+    rows = [(img.id, img.uri) for img in claimed]
+    out.claimed = len(rows)
+    out.seconds["claim"] = time.perf_counter() - t0
+    if not rows:
+        return out
+
+    def read(row: tuple[int, str]) -> tuple[int, str, bytes | None, Failure | None, float]:
+        image_id, uri = row
+        t = time.perf_counter()
+        try:
+            data = sources.read_image_bytes(uri, settings)
+            return image_id, uri, data, None, time.perf_counter() - t
+        except Exception as exc:  # SourceError names the reason and whether a retry may help
+            retryable = bool(getattr(exc, "retryable", False)) or common.is_transient(exc)
+            return image_id, uri, None, Failure(image_id, uri, "read", _reason(exc), retryable), time.perf_counter() - t
+
+    with ThreadPoolExecutor(max_workers=min(8, len(rows))) as pool:  # I/O bound: overlap downloads
+        fetched = list(pool.map(read, rows))
+    for image_id, uri, data, failure, seconds in fetched:
+        _add_seconds(out.seconds, "read", seconds)
+        if failure is not None:
+            out.failures.append(failure)
+            continue
+        t = time.perf_counter()
+        try:
+            image = load_image(data, max_pixels=settings.max_image_pixels)
+            out.items.append(Item(image_id, uri, image))
+        except InvalidImageError as exc:
+            out.failures.append(Failure(image_id, uri, "decode", exc.reason))
+        except Exception as exc:  # a decoder bug on one file must not sink the batch
+            out.failures.append(Failure(image_id, uri, "decode", _reason(exc)))
+        _add_seconds(out.seconds, "decode", time.perf_counter() - t)
+    return out
+
+
+@task(name="segment-batch", cache_policy=NO_CACHE, persist_result=False)
+def segment_batch(items: list[Item], config_json: dict[str, Any]) -> Segmented:
+    """Run the engine on a batch (CRF batched inside). If the batch call fails, isolate the bad image."""
+    from clasp_engine import SegmenterConfig
+    from clasp_engine.errors import ClaspError
+
+    seg = common.get_segmenter(SegmenterConfig.from_dict(config_json))
+    out = Segmented()
+    if not items:
+        return out
+    t0 = time.perf_counter()
+    with common.accelerator_lock:
+        try:
+            results = seg.segment_batch([it.image for it in items])
+            out.done = list(zip(items, results))
+        except Exception as batch_exc:
+            if common.is_transient(batch_exc):
+                raise
+            logger = get_run_logger()
+            logger.warning("batch call failed (%s); segmenting its %d images one by one", batch_exc, len(items))
+            for it in items:
+                try:
+                    out.done.append((it, seg(it.image)))
+                except Exception as exc:
+                    out.failures.append(Failure(it.image_id, it.uri, "segment", _reason(exc), not isinstance(exc, ClaspError)))
+    out.seconds["engine_wall"] = time.perf_counter() - t0
+    return out
+
+
+@task(
+    name="store-batch",
+    retries=common.RETRIES,
+    retry_delay_seconds=common.RETRY_DELAYS,
+    retry_condition_fn=common.retry_if_transient,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def store_batch(
+    database_url: str,
+    run_id: Any,
+    worker_id: str,
+    prepared: Prepared,
+    segmented: Segmented,
+    overlay_dir: str | None,
+    settings_json: dict[str, Any],
+) -> BatchReport:
+    """Store masks and diagnostics, record failures with reasons, write overlays; one transaction."""
+    report = BatchReport(claimed=prepared.claimed)
+    for key, value in prepared.seconds.items():
+        _add_seconds(report.io_seconds, key, value)
+    for key, value in segmented.seconds.items():
+        _add_seconds(report.io_seconds, key, value)
+
+    if overlay_dir and segmented.done:
+        t = time.perf_counter()
+        _write_overlays(Path(overlay_dir), segmented.done)
+        report.io_seconds["overlay"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    failures = prepared.failures + segmented.failures
+    stored, lost = _store(database_url, run_id, worker_id, segmented.done, failures, settings_json)
+    report.io_seconds["store"] = time.perf_counter() - t
+    if lost:
+        get_run_logger().warning("%d images were reclaimed by another worker before they were stored: %s", len(lost), lost)
+
+    for item, segmentation in segmented.done:
+        if item.image_id in lost:
+            continue
+        report.done += 1
+        report.backbone = report.backbone or segmentation.diagnostics.backbone
+        report.device = report.device or segmentation.diagnostics.device
+        report.k_counts[int(segmentation.k)] += 1
+        for stage, seconds in segmentation.diagnostics.timings.items():
+            _add_seconds(report.stage_seconds, stage, float(seconds))
+    report.failures = [
+        {"image_id": f.image_id, "uri": f.uri, "stage": f.stage, "reason": f.reason, "retryable": f.retryable,
+         "status": stored.get(f.image_id)}
+        for f in failures
+        if f.image_id not in lost
+    ]
+    return report
+
+
+def _store(
+    database_url: str,
+    run_id: Any,
+    worker_id: str,
+    done: list[tuple[Item, Any]],
+    failures: list[Failure],
+    settings_json: dict[str, Any],
+) -> tuple[dict[int, str], set[int]]:
+    """Write a batch in one transaction; if a lease was lost meanwhile, write image by image.
+
+    Returns (image id -> new status for failures, ids whose lease another worker took).
+    """
+    from integrations.db import repository as repo
+
+    max_attempts = int(settings_json.get("max_attempts", 3))
+    statuses: dict[int, str] = {}
+    with common.session(database_url) as session:
+        try:
+            for item, segmentation in done:
+                repo.store_segmentation(session, item.image_id, run_id, segmentation, worker_id, commit=False)
+            for f in failures:
+                statuses[f.image_id] = repo.record_failure(
+                    session, f.image_id, f"{f.stage}: {f.reason}", worker_id, f.retryable,
+                    max_attempts=max_attempts, run_id=run_id, commit=False,
+                )
+            session.commit()
+            return statuses, set()
+        except repo.LeaseLostError:
+            session.rollback()  # (the repository already rolled back; keep it explicit)
+    # Slow path: one transaction per image, skipping those another worker now holds.
+    lost: set[int] = set()
+    statuses.clear()
+    with common.session(database_url) as session:
+        for item, segmentation in done:
+            try:
+                repo.store_segmentation(session, item.image_id, run_id, segmentation, worker_id)
+            except repo.LeaseLostError:
+                lost.add(item.image_id)
+        for f in failures:
+            try:
+                statuses[f.image_id] = repo.record_failure(
+                    session, f.image_id, f"{f.stage}: {f.reason}", worker_id, f.retryable,
+                    max_attempts=max_attempts, run_id=run_id,
+                )
+            except repo.LeaseLostError:
+                lost.add(f.image_id)
+    return statuses, lost
+
+
+def _write_overlays(directory: Path, done: list[tuple[Item, Any]]) -> None:
+    from PIL import Image
+
+    try:
+        from clasp_engine.render import overlay
+    except ImportError:  # the engine's renderer is optional here: masks are in SQL anyway
+        get_run_logger().warning("clasp_engine.render is not available: no overlays written")
+        return
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for item, segmentation in done:
+        Image.fromarray(overlay(item.image, segmentation.labels)).save(directory / f"{item.image_id}.jpg", quality=85)
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    text = str(reason) if reason else f"{type(exc).__name__}: {exc}"
+    return text[:500]
+
+
+@task(
+    name="open-run",
+    retries=common.RETRIES,
+    retry_delay_seconds=common.RETRY_DELAYS,
+    retry_condition_fn=common.retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def open_run(
+    database_url: str, config_json: dict[str, Any], worker_id: str, flow_run_id: str | None, max_attempts: int
+) -> dict[str, Any]:
+    """Put expired leases back in the queue, open a run row, count what waits."""
+    from integrations.db import repository as repo
+
+    with common.session(database_url) as session:
+        reclaimed = repo.reclaim_expired(session, max_attempts=max_attempts)
+        run_id = repo.start_run(
+            session, config_json, worker_id=worker_id, orchestrator_run_id=flow_run_id or None,
+            device=config_json.get("device"),
+        )
+        waiting = repo.counts_by_status(session).get("waiting", 0)
+    return {"run_id": run_id, "reclaimed": reclaimed.requeued, "failed_after_leases": reclaimed.failed, "waiting": waiting}
+
+
+@task(
+    name="close-run",
+    retries=common.RETRIES,
+    retry_delay_seconds=common.RETRY_DELAYS,
+    retry_condition_fn=common.retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def close_run(database_url: str, run_id: Any, status: str, backbone: str | None, device: str | None) -> dict[str, Any]:
+    from integrations.db import repository as repo
+
+    with common.session(database_url) as session:
+        summary = repo.finish_run(session, run_id, status=status, backbone=backbone, device=device)
+    return {"n_segmented": summary.n_segmented, "n_failed": summary.n_failed}
+
+
+def give_back(database_url: str, worker_id: str, pending: Any) -> None:
+    """Release the claims of a prefetched batch that will not be processed (no attempt counted)."""
+    from integrations.db import repository as repo
+
+    try:
+        prepared: Prepared = pending.result()
+        ids = [it.image_id for it in prepared.items] + [f.image_id for f in prepared.failures]
+        if ids:
+            with common.session(database_url) as session:
+                repo.release_claims(session, worker_id, ids)
+    except BaseException:  # best effort: the lease expiry covers the rest
+        pass
+
+
+# ---------------------------------------------------------------- the flow
+@flow(name="segment", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=False)
+def segment(
+    batch_size: int | None = None,
+    limit: int | None = None,
+    backbone: str | None = None,
+    variant: str | None = None,
+    weights: str | None = None,
+    max_side: int | None = None,
+    device: str | None = None,
+    database_url: str | None = None,
+    output_dir: str | None = None,
+    overlays: bool = True,
+) -> dict[str, Any]:
+    """Segment waiting images in batches until none wait (or `limit` images were claimed)."""
+    from prefect.runtime import flow_run
+
+    logger = get_run_logger()
+    settings = common.settings(database_url=database_url, batch_size=batch_size, device=device, output_dir=output_dir)
+    config = common.engine_config(backbone, variant, weights, max_side, settings.device)
+    config_json = config.to_dict()
+    settings_json = common.settings_json(settings)
+    url = settings.database_url
+    n = settings.batch_size
+    worker_id = common.new_worker_id()
+    overlay_dir = str(Path(settings.output_dir) / "overlays") if overlays else None
+
+    t_start = time.perf_counter()
+    opened = open_run(url, config_json, worker_id, str(flow_run.get_id() or ""), settings.max_attempts)
+    run_id = opened["run_id"]
+    expected = opened["waiting"] if limit is None else min(limit, opened["waiting"])
+    logger.info(
+        "run %s: %d images waiting (%d leases reclaimed), batch size %d, backbone %s, variant %s",
+        run_id, opened["waiting"], opened["reclaimed"] or 0, n, config.backbone, config.variant,
+    )
+    progress_id = create_progress_artifact(
+        progress=0.0, key="segment-progress", description=f"Segmenting {expected} images (run {run_id})"
+    )
+
+    total = BatchReport()
+    claimed_so_far = 0
+
+    def next_claim() -> int:
+        return n if limit is None else max(0, min(n, limit - claimed_so_far))
+
+    # Prefetch: the next batch is claimed, read and decoded on a worker thread while
+    # the current one is segmented.
+    want = next_claim()
+    pending = prepare_batch.submit(url, worker_id, want, settings_json) if want else None
+    claimed_so_far += want
+    try:
+        while pending is not None:
+            prepared: Prepared = pending.result()
+            pending = None
+            if prepared.claimed == 0:
+                break
+            claimed_so_far += prepared.claimed - want  # what the claim really returned
+            want = next_claim() if prepared.claimed == want else 0  # a short claim: the queue is empty
+            pending = prepare_batch.submit(url, worker_id, want, settings_json) if want else None
+            claimed_so_far += want
+            segmented = segment_batch(prepared.items, config_json)
+            report = store_batch(url, run_id, worker_id, prepared, segmented, overlay_dir, settings_json)
+            total.add(report)
+            processed = total.done + total.final_failures()
+            update_progress_artifact(
+                artifact_id=progress_id,
+                progress=min(100.0, 100.0 * processed / max(expected, 1)),
+                description=f"{total.done} segmented, {total.final_failures()} failed, of {expected} (run {run_id})",
+            )
+    except BaseException:
+        # The batch that failed keeps its claims: its images come back when the lease
+        # expires. The prefetched batch was never started: give it back now.
+        if pending is not None:
+            give_back(url, worker_id, pending)
+        close_run(url, run_id, "failed", total.backbone, total.device)
+        update_progress_artifact(
+            artifact_id=progress_id,
+            progress=min(100.0, 100.0 * (total.done + total.final_failures()) / max(expected, 1)),
+            description=f"FAILED after {total.done} segmented (run {run_id}); see the flow run's logs",
+        )
+        raise
+    update_progress_artifact(
+        artifact_id=progress_id,
+        progress=100.0,
+        description=f"Done: {total.done} segmented, {total.final_failures()} failed (run {run_id})",
+    )
+
+    wall = time.perf_counter() - t_start
+    summary = summarize(total, wall, run_id, config_json, n)
+    close_run(url, run_id, "finished", total.backbone, total.device)
+    create_table_artifact(
+        table=summary_table(summary),
+        key="segment-summary",
+        description=f"Segmentation run {run_id}: {summary['done']} done, {summary['failed']} failed, "
+        f"{summary['images_per_second']:.2f} images/s",
+    )
+    logger.info(
+        "run %s: %d segmented, %d failed in %.1f s (%.2f images/s)",
+        run_id, summary["done"], summary["failed"], wall, summary["images_per_second"],
+    )
+    return summary
+
+
+def summarize(total: BatchReport, wall: float, run_id: Any, config_json: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    done = total.done
+    reasons = Counter(f"{f['stage']}: {f['reason']}" for f in total.failures if f.get("status") != "waiting")
+    per_image = {stage: s / done for stage, s in sorted(total.stage_seconds.items())} if done else {}
+    engine_total = total.stage_seconds.get("total", sum(v for k, v in total.stage_seconds.items() if k != "total"))
+    return {
+        "run_id": run_id,
+        "claimed": total.claimed,
+        "done": done,
+        "failed": total.final_failures(),
+        "requeued": len(total.failures) - total.final_failures(),
+        "failures": total.failures,
+        "failure_reasons": dict(reasons.most_common()),
+        "k_distribution": {int(k): int(v) for k, v in sorted(total.k_counts.items())},
+        "seconds_per_image_per_stage": per_image,
+        "io_seconds": dict(total.io_seconds),
+        "engine_seconds": engine_total,
+        "wall_seconds": wall,
+        "images_per_second": done / wall if wall > 0 else 0.0,
+        "outside_engine_share": max(0.0, 1.0 - engine_total / wall) if wall > 0 and done else None,
+        "batch_size": batch_size,
+        "backbone": config_json.get("backbone"),
+        "variant": config_json.get("variant"),
+    }
+
+
+def summary_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows for the dashboard: one metric per row, readable without scrolling sideways."""
+    rows: list[dict[str, Any]] = [
+        {"metric": "images segmented", "value": summary["done"]},
+        {"metric": "images failed", "value": summary["failed"]},
+        {"metric": "images per second (end to end)", "value": round(summary["images_per_second"], 3)},
+        {"metric": "wall seconds", "value": round(summary["wall_seconds"], 2)},
+        {"metric": "engine seconds (sum of per-image totals)", "value": round(summary["engine_seconds"], 2)},
+    ]
+    if summary["outside_engine_share"] is not None:
+        rows.append({"metric": "share of wall time outside the engine", "value": f"{100 * summary['outside_engine_share']:.1f}%"})
+    rows += [{"metric": f"K = {k}", "value": c} for k, c in summary["k_distribution"].items()]
+    rows += [
+        {"metric": f"seconds per image: {stage}", "value": round(s, 4)}
+        for stage, s in summary["seconds_per_image_per_stage"].items()
+    ]
+    rows += [{"metric": f"failed: {reason}", "value": c} for reason, c in summary["failure_reasons"].items()]
+    return rows

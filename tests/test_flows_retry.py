@@ -1,0 +1,84 @@
+"""Which failures are retried: transient ones (network, database connection, 5xx), never bad input."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import sqlalchemy.exc as sa_exc
+
+from clasp_engine.errors import ConfigError, InvalidImageError
+from flows import common
+
+
+def _status_error(code: int) -> httpx.HTTPStatusError:
+    request = httpx.Request("GET", "http://example.test/x")
+    return httpx.HTTPStatusError("boom", request=request, response=httpx.Response(code, request=request))
+
+
+class _ApiError(Exception):  # shaped like label_studio_sdk.core.api_error.ApiError
+    def __init__(self, status_code: int):
+        self.status_code = status_code
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        sa_exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly")),
+        sa_exc.InterfaceError("SELECT 1", {}, Exception("connection already closed")),
+        httpx.ConnectError("refused"),
+        httpx.ReadTimeout("slow"),
+        _status_error(503),
+        _ApiError(502),
+        ConnectionResetError("reset"),
+        TimeoutError("timed out"),
+    ],
+)
+def test_transient(exc):
+    assert common.is_transient(exc)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        InvalidImageError("x.jpg", "not an image"),
+        ConfigError("bad"),
+        ValueError("bad input"),
+        _status_error(404),
+        _ApiError(400),
+        sa_exc.IntegrityError("INSERT", {}, Exception("duplicate key")),
+        None,
+    ],
+)
+def test_not_transient(exc):
+    assert not common.is_transient(exc)
+
+
+def test_retry_condition_reads_the_failed_state():
+    from prefect.states import Failed
+
+    assert common.retry_if_transient(None, None, Failed(data=httpx.ConnectError("refused")))
+    assert not common.retry_if_transient(None, None, Failed(data=InvalidImageError("x", "corrupt")))
+
+
+def test_retry_condition_runs_in_prefect(request):
+    """A task with the condition retries a transient error and gives up at once on bad input."""
+    from prefect import task
+
+    calls = {"transient": 0, "bad": 0}
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=common.retry_if_transient)
+    def flaky(kind: str) -> str:
+        calls[kind] += 1
+        if kind == "transient" and calls[kind] < 3:
+            raise httpx.ConnectError("refused")
+        if kind == "bad":
+            raise InvalidImageError("x.jpg", "corrupt")
+        return "ok"
+
+    import flows_support as fs
+
+    fs.ensure_harness(request)
+    assert flaky("transient") == "ok" and calls["transient"] == 3
+    with pytest.raises(InvalidImageError):
+        flaky("bad")
+    assert calls["bad"] == 1

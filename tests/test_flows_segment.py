@@ -1,0 +1,225 @@
+"""Flow tests under Prefect's test harness, on SQLite and PostgreSQL.
+
+- a run over ../shared/data stores one segmentation per image, with diagnostics;
+- a corrupt file and an unreachable URL fail alone, with reasons, the rest is stored;
+- a second run processes nothing twice;
+- two `segment` flows at the same time on one database split the work, no duplicate;
+- a crashed batch leaves its images claimed, and they are reclaimed after the lease.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import flows_support as fs
+
+pytestmark = [pytest.mark.slow]
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness(request):
+    fs.ensure_harness(request)
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path):
+    with fs.database(request.param, tmp_path) as url:
+        yield url
+
+
+def _segmentation_counts(url: str) -> Counter:
+    import sqlalchemy as sa
+
+    from flows import common
+    from integrations.db.models import Segmentation
+
+    with common.session(url) as s:
+        rows = s.execute(sa.select(Segmentation.image_id)).scalars().all()
+    return Counter(rows)
+
+
+def _images(url: str) -> list:
+    import sqlalchemy as sa
+
+    from flows import common
+    from integrations.db.models import Image
+
+    with common.session(url) as s:
+        return list(s.execute(sa.select(Image).order_by(Image.id)).scalars().all())
+
+
+def _pipeline(url, source, tmp_path, **kw):
+    from flows.pipeline import moderation_pipeline
+
+    params = dict(fs.FAST, batch_size=4, database_url=url, output_dir=str(tmp_path / "out"), review=False)
+    params.update(kw)
+    return moderation_pipeline(source=source, **params)
+
+
+def test_run_over_shared_data_stores_one_segmentation_per_image(db_url, shared_data, tmp_path):
+    import sqlalchemy as sa
+
+    from flows import common
+    from integrations.db.models import Segmentation
+
+    paths = fs.shared_images(shared_data)
+    assert len(paths) >= 20
+    result = _pipeline(db_url, [str(p) for p in paths], tmp_path, batch_size=16)
+    seg = result["segment"]
+    assert seg["done"] == len(paths) and seg["failed"] == 0
+    counts = _segmentation_counts(db_url)
+    assert len(counts) == len(paths) and set(counts.values()) == {1}
+    assert {im.status for im in _images(db_url)} == {"segmented"}
+    with common.session(db_url) as s:
+        for row in s.execute(sa.select(Segmentation)).scalars():
+            d = row.diagnostics
+            assert d["k"] == row.k >= 1
+            assert d["eigenvalues"] and "timings" in d and d["timings"]
+            assert row.mask_width > 0 and row.mask_height > 0
+    assert sum(seg["k_distribution"].values()) == len(paths)
+    assert seg["seconds_per_image_per_stage"]
+    # overlays on disk, one per image
+    assert len(list((tmp_path / "out" / "overlays").glob("*.jpg"))) == len(paths)
+
+
+def test_bad_inputs_fail_alone_with_reasons_and_nothing_runs_twice(db_url, shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLASP_ALLOW_PRIVATE_HOSTS", "true")
+    monkeypatch.setenv("CLASP_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("CLASP_HTTP_TIMEOUT_S", "3")
+    good = fs.shared_images(shared_data, limit=6)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG" * 10)
+    unreachable = "http://127.0.0.1:9/nothing-listens-here.jpg"  # port 9 (discard): connection refused
+    source = [str(p) for p in good] + [str(corrupt), unreachable]
+
+    first = _pipeline(db_url, source, tmp_path)
+    seg = first["segment"]
+    assert seg["done"] == len(good)
+    assert seg["failed"] == 2
+    failed_uris = {f["uri"]: f for f in seg["failures"]}
+    assert set(failed_uris) == {str(corrupt), unreachable} or {Path(u).name for u in failed_uris} >= {"corrupt.jpg"}
+    assert all(f["reason"] for f in seg["failures"])
+
+    images = {im.uri: im for im in _images(db_url)}
+    statuses = Counter(im.status for im in images.values())
+    assert statuses["segmented"] == len(good) and statuses["failed"] == 2
+    for im in images.values():
+        if im.status == "failed":
+            assert im.last_error, f"{im.uri} failed without a reason"
+    counts = _segmentation_counts(db_url)
+    assert len(counts) == len(good) and set(counts.values()) == {1}
+
+    # A second run over the same source: nothing new registered, nothing segmented twice.
+    second = _pipeline(db_url, source, tmp_path)
+    assert second["ingest"]["registered"] == 0
+    assert second["segment"]["claimed"] == 0 and second["segment"]["done"] == 0
+    assert _segmentation_counts(db_url) == counts
+
+
+def test_two_segment_flows_at_once_split_the_work(db_url, shared_data, tmp_path):
+    """Two workers (separate processes, as on two machines) drain one queue: no image twice."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from flows.ingest import ingest
+
+    paths = fs.shared_images(shared_data)
+    ingest([str(p) for p in paths], database_url=db_url)
+    go = tmp_path / "go"
+    procs, readies = [], []
+    for i in range(2):
+        ready = tmp_path / f"ready-{i}"
+        readies.append(ready)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", fs.WORKER_SCRIPT, db_url, str(ready), str(go), "2"],
+                cwd=tmp_path, env=fs.worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not all(r.exists() for r in readies):
+            assert time.monotonic() < deadline, "workers did not start"
+            assert all(p.poll() is None for p in procs), [p.communicate()[0][-3000:] for p in procs]
+            time.sleep(0.1)
+        go.touch()  # both models are loaded: start both flows at once
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    results = []
+    for out, p in zip(outputs, procs):
+        assert p.returncode == 0, out[-3000:]
+        line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
+        results.append(json.loads(line[len("RESULT "):]))
+    assert results[0]["done"] + results[1]["done"] == len(paths)
+    assert results[0]["done"] > 0 and results[1]["done"] > 0, "one worker did all the work"
+    counts = _segmentation_counts(db_url)
+    assert len(counts) == len(paths) and set(counts.values()) == {1}, "an image was segmented twice"
+
+
+def test_crashed_batch_is_reclaimed_after_its_lease(shared_data, tmp_path, monkeypatch):
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from flows import common
+    from flows.ingest import ingest
+    from flows.segment import segment
+    from integrations.db import repository as repo
+    from integrations.db.models import Image
+
+    paths = fs.shared_images(shared_data, limit=4)
+    with fs.database("sqlite", tmp_path) as url:
+        ingest([str(p) for p in paths], database_url=url)
+
+        def crash(*args, **kwargs):
+            raise RuntimeError("simulated worker crash while storing")
+
+        monkeypatch.setattr(repo, "store_segmentation", crash)
+        state = segment(database_url=url, batch_size=4, overlays=False, return_state=True, **fs.FAST)
+        assert state.is_failed()
+        assert {im.status for im in _images(url)} == {"claimed"}  # left for the lease to expire
+        monkeypatch.undo()
+
+        # Nothing to do until the lease expires ...
+        assert segment(database_url=url, batch_size=4, overlays=False, **fs.FAST)["done"] == 0
+        # ... then the next run reclaims and finishes them.
+        with common.session(url) as s:
+            s.execute(sa.update(Image).values(lease_expires_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)))
+            s.commit()
+        again = segment(database_url=url, batch_size=4, overlays=False, **fs.FAST)
+        assert again["done"] == len(paths)
+        assert set(_segmentation_counts(url).values()) == {1}
+
+
+def test_model_is_loaded_once_per_process(shared_data, tmp_path, monkeypatch):
+    from clasp_engine import SegmenterConfig
+    from flows import common
+
+    built: list = []
+    import clasp_engine.segmenter as engine_segmenter
+
+    real = engine_segmenter.Segmenter
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *a, **k):
+            built.append(1)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(engine_segmenter, "Segmenter", Counting)
+    monkeypatch.setattr(common, "_segmenters", {})
+    cfg = SegmenterConfig(**fs.FAST)
+    a = common.get_segmenter(cfg)
+    b = common.get_segmenter(SegmenterConfig(**fs.FAST))
+    assert a is b and len(built) == 1
+    common.get_segmenter(cfg.replace(max_side=160))
+    assert len(built) == 2
