@@ -292,3 +292,36 @@ def test_extend_lease_keeps_only_what_the_worker_holds(session):
     assert held == sorted(c.id for c in mine)
     session.expire_all()
     assert session.get(Image, mine[0].id).lease_expires_at > dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=30)
+
+
+def test_sqlite_is_tuned_for_several_processes(sqlite_url):
+    from sqlalchemy import text
+
+    from integrations.db import make_engine
+
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 10_000
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    engine.dispose()
+
+
+def test_deleting_an_image_cascades(session):
+    from integrations.db import delete_image
+
+    register_images(session, inputs(1))
+    run = start_run(session, {"backbone": "classic"})
+    (c,) = claim_batch(session, "w", 1, lease_seconds=60)
+    store_segmentation(session, c.id, run, make_segmentation(), "w")
+    assert delete_image(session, c.id)
+    for model in (Image, SegRow, SegmentRow):
+        assert session.execute(select(func.count()).select_from(model)).scalar_one() == 0
+
+
+def test_timestamps_are_timezone_aware_utc(session):
+    register_images(session, inputs(1))
+    session.expire_all()
+    img = session.scalars(select(Image)).one()
+    assert img.created_at.utcoffset() == dt.timedelta(0)
+    assert abs(img.created_at - dt.datetime.now(dt.timezone.utc)) < dt.timedelta(minutes=5)

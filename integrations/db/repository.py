@@ -858,12 +858,20 @@ def storage_bytes(session: Session, segmentation_id: int) -> dict[str, int]:
     row = session.get(SegmentationRow, segmentation_id)
     if row is None:
         raise KeyError(f"no segmentation {segmentation_id}")
-    return {
+    sizes = {
         "mask": len(row.mask),
         "patch_mask": len(row.patch_mask or b""),
         "diagnostics_json": len(json.dumps(row.diagnostics, separators=(",", ":"))),
         "segments": len(row.segments),
     }
+    if _dialect(session) == "postgresql":  # as stored: JSONB binary form, TOAST compression
+        on_disk = session.execute(
+            select(func.pg_column_size(SegmentationRow.mask), func.pg_column_size(SegmentationRow.diagnostics)).where(
+                SegmentationRow.id == segmentation_id
+            )
+        ).one()
+        sizes["pg_mask_column"], sizes["pg_diagnostics_column"] = int(on_disk[0]), int(on_disk[1])
+    return sizes
 
 
 __all__ = [
