@@ -1,0 +1,194 @@
+"""A reviewer opens a pushed task in headless Chromium and sees the proposal regions over the image.
+
+Chromium is Debian's `chromium` package (installed with apt-get when missing; no
+browser download). It is driven over the DevTools protocol with `websockets`
+(already a dependency through prefect): set the session cookie of a login, open
+the task, capture a screenshot, check its pixels. The screenshot is kept in
+test-artifacts/label_studio_review.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from integrations.label_studio.client import LabelStudioClient
+from integrations.label_studio.config import LabelingConfig
+from integrations.label_studio.images import ImageResolver
+from integrations.label_studio.predictions import RegionPolicy
+from integrations.label_studio.push import PushItem, push_segmentations
+
+pytestmark = [pytest.mark.browser, pytest.mark.label_studio, pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+IMAGE_RGB = (20, 110, 50)  # a dark green no part of the UI uses
+W, H = 480, 320
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    exe = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if exe is None and shutil.which("apt-get"):
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, capture_output=True)
+        exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("needs Debian's chromium package (apt-get install chromium)")
+    return exe
+
+
+class CDP:
+    """The few DevTools protocol calls the test needs, over one websocket."""
+
+    def __init__(self, ws_url: str):
+        from websockets.sync.client import connect
+
+        self.ws = connect(ws_url, max_size=64 * 1024 * 1024, open_timeout=20)
+        self.ids = itertools.count(1)
+
+    def call(self, method: str, timeout: float = 60, **params):
+        i = next(self.ids)
+        self.ws.send(json.dumps({"id": i, "method": method, "params": params}))
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = json.loads(self.ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            if msg.get("id") == i:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def eval(self, expr: str):
+        return self.call("Runtime.evaluate", expression=expr, returnByValue=True).get("result", {}).get("value")
+
+    def close(self):
+        self.ws.close()
+
+
+def start_chromium(exe: str, profile: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+         "--no-default-browser-check", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+         f"--user-data-dir={profile}", f"--window-size=1400,1000", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+
+
+def devtools_page(profile: str, proc: subprocess.Popen, timeout: float = 30) -> str:
+    port_file = Path(profile) / "DevToolsActivePort"
+    deadline = time.monotonic() + timeout
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("chromium did not start its DevTools endpoint")
+        time.sleep(0.1)
+    port = int(port_file.read_text().split()[0])
+    while time.monotonic() < deadline:
+        try:
+            pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json() if t["type"] == "page"]
+            if pages:
+                return pages[0]["webSocketDebuggerUrl"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("no page target in chromium")
+
+
+def session_cookies(server) -> dict[str, str]:
+    creds = server.credentials()
+    with httpx.Client() as h:
+        h.get(f"{server.url}/user/login/")
+        h.post(f"{server.url}/user/login/",
+               data={"email": creds.username, "password": creds.password, "csrfmiddlewaretoken": h.cookies.get("csrftoken")},
+               headers={"Referer": f"{server.url}/user/login/"})
+        cookies = {k: v for k, v in h.cookies.items()}
+    assert "sessionid" in cookies, "login failed"
+    return cookies
+
+
+def tinted(px: np.ndarray) -> np.ndarray:
+    """Pixels where the magenta `region` colour is blended over the green image."""
+    r, g, b = (px[..., i].astype(int) for i in range(3))
+    return (r > g + 40) & (b > g + 40)
+
+
+def green(px: np.ndarray) -> np.ndarray:
+    r, g, b = (px[..., i].astype(int) for i in range(3))
+    return (abs(r - IMAGE_RGB[0]) < 25) & (abs(g - IMAGE_RGB[1]) < 25) & (abs(b - IMAGE_RGB[2]) < 25)
+
+
+def test_reviewer_sees_proposals_over_the_image(label_studio_server, chromium, artifacts_dir):
+    # an image with two segments; only the left one (2/3 of the width) is proposed
+    img_path = artifacts_dir / "browser-test-image.png"
+    PILImage.new("RGB", (W, H), IMAGE_RGB).save(img_path)
+    labels = np.zeros((H, W), np.int32)
+    labels[:, 2 * W // 3 :] = 1
+    creds = label_studio_server.credentials()
+    with LabelStudioClient(creds.url, creds.token()) as ls:
+        project = ls.find_or_create_project("CLASP browser test", LabelingConfig().xml())
+        r = push_segmentations(
+            ls, project, [PushItem(1, str(img_path), labels, "browser-test")],
+            policy=RegionPolicy(max_regions=1, small="drop"),
+            resolver=ImageResolver(mode="local-files", document_root=REPO_ROOT.parent),
+        )
+        assert r.ok and r.image_modes == {"local-files": 1}
+        task_id = (r.sent or r.existing)[0].task_id
+
+    cookies = session_cookies(label_studio_server)
+    profile = tempfile.mkdtemp(prefix="clasp-chromium-")
+    proc = start_chromium(chromium, profile)
+    try:
+        cdp = CDP(devtools_page(profile, proc))
+        for name, value in cookies.items():
+            cdp.call("Network.setCookie", name=name, value=value, url=creds.url)
+        cdp.call("Page.enable")
+        cdp.call("Page.navigate", url=f"{creds.url}/projects/{project.id}/data?task={task_id}")
+        deadline = time.monotonic() + 90
+        shot = None
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            png = base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"])
+            px = np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB"))
+            if tinted(px).sum() > 2000 and green(px).sum() > 500:
+                time.sleep(1.5)  # let the editor settle, then take the one we keep
+                png = base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"])
+                px = np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB"))
+                shot = png
+                break
+            shot = png
+        (artifacts_dir / "label_studio_review.png").write_bytes(shot or b"")
+        cdp.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(profile, ignore_errors=True)
+
+    px = np.asarray(PILImage.open(artifacts_dir / "label_studio_review.png").convert("RGB"))
+    t, g = tinted(px), green(px)
+    assert t.sum() > 2000, f"no proposal region drawn (tinted pixels: {t.sum()}); see {artifacts_dir / 'label_studio_review.png'}"
+    assert g.sum() > 500, "the image itself is not visible"
+    # the drawn region is the left 2/3 of the image: tinted columns lie left of the plain-green ones
+    # (only the editor's canvas: rows where the region is drawn, columns from its left edge on;
+    # the data manager's thumbnail of the image sits further left)
+    rows = np.flatnonzero(t.sum(1) > 20)
+    tc = np.flatnonzero(t[rows].sum(0) > 20)
+    g = g[rows]
+    g[:, : tc.min()] = False
+    gc = np.flatnonzero(g.sum(0) > 20)
+    assert tc.size and gc.size and np.median(tc) < np.median(gc)
+    width_t, width_g = tc.max() - tc.min() + 1, gc.max() - gc.min() + 1
+    assert 1.4 < width_t / width_g < 2.8, (width_t, width_g)  # 2/3 vs 1/3 of the displayed image
