@@ -60,7 +60,16 @@ def is_transient(exc: BaseException | None) -> bool:
             return exc.response.status_code >= 500 or exc.response.status_code == 429
     except ImportError:  # pragma: no cover
         pass
+    try:
+        from integrations.label_studio.client import LabelStudioUnavailable
+
+        if isinstance(exc, LabelStudioUnavailable):  # connection errors / 5xx after the client's own retries
+            return True
+    except ImportError:  # pragma: no cover
+        pass
     status = getattr(exc, "status_code", None)  # label_studio_sdk ApiError and friends
+    if not isinstance(status, int):
+        status = getattr(exc, "status", None)  # integrations.label_studio LabelStudioResponseError
     if isinstance(status, int):
         return status >= 500 or status == 429
     if isinstance(exc, (ConnectionError, TimeoutError)):
@@ -216,18 +225,53 @@ def register_images(session: Any, uris: list[str]) -> dict[str, int]:
     return {"registered": counts["new"], "already_known": counts["known"], "unreadable": counts["unreadable"]}
 
 
-def push_segmentations(database_url: str, project: str, limit: int | None, batch_size: int) -> dict[str, Any]:
-    from integrations.label_studio import client
+def label_studio_project_url(base_url: str, project_id: int) -> str:
+    return f"{base_url.rstrip('/')}/projects/{project_id}/data"
 
-    with session(database_url) as s:
-        return dict(client.push_segmentations(s, project=project, limit=limit, batch_size=batch_size))
+
+def push_segmentations(database_url: str, project: str, limit: int | None, batch_size: int) -> dict[str, Any]:
+    """Push segmented, not yet pushed images into the project (created if absent)."""
+    from integrations.db.reviews import push_for_review
+    from integrations.label_studio.client import LabelStudioClient
+    from integrations.label_studio.config import LabelingConfig
+    from integrations.label_studio.images import ImageResolver
+
+    s = settings()
+    labeling = LabelingConfig()
+    with LabelStudioClient.from_settings(s) as client:
+        proj = client.find_or_create_project(project, labeling.xml())
+        with session(database_url) as db:
+            result = push_for_review(
+                db, client, proj, limit=limit, labeling=labeling, resolver=ImageResolver.from_env(), batch_size=batch_size
+            )
+    out = result.summary()
+    out["project_url"] = label_studio_project_url(client.url, proj.id)
+    out["pushed"] = out.get("sent", 0)
+    return out
 
 
 def sync_reviews(database_url: str, project: str) -> dict[str, Any]:
-    from integrations.label_studio import client
+    """Bring the project's finished annotations back into SQL (with survival figures)."""
+    from integrations.db.reviews import sync_reviews as _sync
+    from integrations.label_studio.client import LabelStudioClient
+    from integrations.label_studio.config import LabelingConfig
 
-    with session(database_url) as s:
-        return dict(client.sync_reviews(s, project=project))
+    s = settings()
+    labeling = LabelingConfig()
+    with LabelStudioClient.from_settings(s) as client:
+        proj = client.find_or_create_project(project, labeling.xml(), update_config=False)
+        with session(database_url) as db:
+            result = _sync(client, proj, db, labeling=labeling)
+    out = result.summary()
+    out["project_url"] = label_studio_project_url(client.url, proj.id)
+    out["synced"] = out.get("reviews_new", 0) + out.get("reviews_updated", 0)
+    if result.error:
+        raise LabelStudioUnavailableForSync(result.error)
+    return out
+
+
+class LabelStudioUnavailableForSync(ConnectionError):
+    """Sync could not reach Label Studio (a ConnectionError: retried with backoff)."""
 
 
 def ensure_schema(database_url: str, upgrade: bool | None = None) -> Any:

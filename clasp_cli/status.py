@@ -1,0 +1,104 @@
+"""`clasp status [--json]`: images by status, the latest runs, the most common failure reasons."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="SQLAlchemy URL (default CLASP_DATABASE_URL or sqlite:///clasp.db)")
+    parser.add_argument("--runs", type=int, default=5, help="how many of the latest runs to show (default 5)")
+    parser.add_argument("--reasons", type=int, default=10, help="how many failure reasons to show (default 10)")
+    parser.add_argument("--json", action="store_true", help="print JSON: {images: {status: count}, runs, failure_reasons}")
+
+
+def collect(database_url: str, runs: int = 5, reasons: int = 10) -> dict[str, Any]:
+    from integrations.db import repository as repo
+    from integrations.db.session import display_url, session_scope
+
+    with session_scope(database_url) as session:
+        images = repo.counts_by_status(session)
+        latest = [
+            {
+                "id": r.id,
+                "status": r.status,
+                "backbone": r.backbone,
+                "variant": (r.config or {}).get("variant"),
+                "device": r.device,
+                "started_at": r.started_at.isoformat() if r.started_at else None,
+                "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                "seconds": (r.finished_at - r.started_at).total_seconds() if r.finished_at and r.started_at else None,
+                "segmented": r.n_segmented,
+                "failed": r.n_failed,
+                "worker_id": r.worker_id,
+                "prefect_flow_run_id": r.orchestrator_run_id,
+            }
+            for r in repo.recent_runs(session, runs)
+        ]
+        failure_reasons = [{"reason": reason, "images": n} for reason, n in repo.failure_reasons(session, limit=reasons)]
+        k_distribution = repo.k_distribution(session)
+    return {
+        "database": display_url(database_url),
+        "images": images,
+        "total_images": sum(images.values()),
+        "k_distribution": {str(k): v for k, v in k_distribution.items()},
+        "runs": latest,
+        "failure_reasons": failure_reasons,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from integrations.db.schema import SchemaError, schema_status
+    from integrations.settings import Settings
+
+    url = args.database_url or Settings().database_url
+    try:
+        status = schema_status(url)
+    except Exception as exc:  # noqa: BLE001 - unreachable server, bad URL
+        print(f"clasp status: cannot open the database: {exc}", file=sys.stderr)
+        return 1
+    if status.current is None:
+        if args.json:
+            print(json.dumps({"database": status.url, "images": {}, "total_images": 0, "runs": [],
+                              "failure_reasons": [], "schema": "empty"}))
+        else:
+            print(f"{status.url}: no CLASP schema yet (run `clasp run ...` or `clasp db upgrade`)")
+        return 0
+    if not status.up_to_date:
+        print(f"clasp status: {status.describe()}", file=sys.stderr)
+        return 1
+    try:
+        data = collect(url, args.runs, args.reasons)
+    except SchemaError as exc:
+        print(f"clasp status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(describe(data))
+    return 0
+
+
+def describe(data: dict[str, Any]) -> str:
+    lines = [f"database {data['database']}: {data['total_images']} images"]
+    width = max((len(s) for s in data["images"]), default=8)
+    for status, n in data["images"].items():
+        lines.append(f"  {status:<{width}}  {n}")
+    if data["k_distribution"]:
+        lines.append("K chosen: " + ", ".join(f"K={k}: {n}" for k, n in data["k_distribution"].items()))
+    if data["runs"]:
+        lines.append("latest runs:")
+        for r in data["runs"]:
+            secs = f"{r['seconds']:.1f} s" if r["seconds"] is not None else "running"
+            lines.append(
+                f"  #{r['id']:<4} {r['status']:<9} {r['started_at'][:19] if r['started_at'] else '':<19}  "
+                f"{r['segmented']} segmented, {r['failed']} failed, {secs}  ({r['backbone']}, {r['variant']}, {r['device']})"
+            )
+    if data["failure_reasons"]:
+        lines.append("most common failure reasons:")
+        for f in data["failure_reasons"]:
+            lines.append(f"  {f['images']:>5} x {f['reason']}")
+    return "\n".join(lines)
