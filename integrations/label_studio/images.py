@@ -47,6 +47,21 @@ def _local_path(uri: str) -> Path | None:
     return None
 
 
+def _local_server_root(url: str) -> str | None:
+    """The local-files root of the demo server started by `clasp label-studio start`, if `url` is that server."""
+    import json
+
+    from integrations.label_studio.server import DEFAULT_DATA_DIR
+
+    try:
+        state = json.loads((DEFAULT_DATA_DIR / "clasp-server.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if state.get("url", "").rstrip("/") == url.rstrip("/"):
+        return state.get("document_root")
+    return None
+
+
 @dataclass(frozen=True)
 class ImageResolver:
     mode: str = "auto"
@@ -66,6 +81,8 @@ class ImageResolver:
     def from_env(cls, env: dict[str, str] | None = None) -> "ImageResolver":
         env = os.environ if env is None else env
         root = env.get("CLASP_LABEL_STUDIO_DOCUMENT_ROOT") or env.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+        if not root and env.get("LABEL_STUDIO_URL"):
+            root = _local_server_root(env["LABEL_STUDIO_URL"])
         return cls(
             mode=env.get("CLASP_LABEL_STUDIO_IMAGE_MODE", "auto"),
             document_root=Path(root).resolve() if root else None,

@@ -268,6 +268,14 @@ class LocalLabelStudio:
             time.sleep(0.2)
         return True
 
+    def env(self) -> dict[str, str]:
+        """Environment for the project's side: where the server is, the token file, the local-files root."""
+        out = {"LABEL_STUDIO_URL": self.url, "LABEL_STUDIO_API_KEY_FILE": str(self.token_file)}
+        root = self.document_root or (self._state().get("document_root") and Path(self._state()["document_root"]))
+        if root:
+            out["CLASP_LABEL_STUDIO_DOCUMENT_ROOT"] = str(root)
+        return out
+
     def status(self) -> dict:
         return {"url": self.url, "pid": self.pid(), "healthy": self.healthy(), "data_dir": str(self.data_dir),
                 "venv": str(self.venv), "username": self.username, "token_file": str(self.token_file)}
