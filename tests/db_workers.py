@@ -51,3 +51,9 @@ def drain(url: str, worker_id: str, run_id: int, batch: int, lease_s: float, die
                     store_segmentation(s, c.id, run_id, seg, worker_id)
                 except LeaseLostError:
                     pass
+
+
+def upgrade_to_head(url: str) -> None:
+    from integrations.db.schema import ensure_schema
+
+    ensure_schema(url, upgrade=True)

@@ -119,3 +119,21 @@ def test_default_database_is_a_sqlite_file_in_the_working_directory(tmp_path, mo
     monkeypatch.delenv("CLASP_DATABASE_URL", raising=False)
     assert clasp(["db", "upgrade"]) == 0
     assert (tmp_path / "clasp.db").is_file()
+
+
+@pytest.mark.slow
+def test_concurrent_upgrades_are_safe(db_url):
+    """Several workers starting at once on an empty database: one migrates, the others wait
+    (PostgreSQL: advisory lock; SQLite: BEGIN IMMEDIATE)."""
+    import multiprocessing as mp
+
+    from db_workers import upgrade_to_head
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=upgrade_to_head, args=(db_url,)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert schema.schema_status(db_url).up_to_date
