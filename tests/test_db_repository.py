@@ -89,6 +89,9 @@ def test_register_lazy_uris_unreadable_and_adoption(session):
     session.expire_all()
     row = session.get(Image, bad.unreadable[0])
     assert (row.status, row.content_sha256, row.last_error) == ("waiting", sha("fixed"), None)
+    # a lazily registered URI already taken by a worker is not registered a second time
+    (taken,) = claim_batch(session, "w", 1, lease_seconds=60)
+    assert register_images(session, [ImageInput(taken.uri, sha("taken"))]).known == [taken.id]
     too_long = register_images(session, ["http://example.com/" + "a" * 3000])
     assert too_long.counts()["unreadable"] == 1
 

@@ -241,6 +241,8 @@ def register_images(
             )
             result.new.append(hit[0])
             new_ids[item.content_sha256] = hit[0]
+        elif hit is not None:  # registered lazily and already taken by a worker: the same image
+            result.known.append(hit[0])
         else:
             remaining.append(item)
     for chunk in _chunks(remaining):
