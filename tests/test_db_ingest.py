@@ -6,7 +6,6 @@ import io
 import re
 
 import numpy as np
-import pytest
 from conftest_db import db_url, pg_url, sqlite_url  # noqa: F401
 from PIL import Image
 from sqlalchemy import select
