@@ -67,7 +67,7 @@ def crf_labels(image: np.ndarray, probabilities: np.ndarray, crf: CRFConfig) -> 
     if crf.max_side and max(height, width) > crf.max_side:
         scale = crf.max_side / max(height, width)
         wh, ww = max(1, round(height * scale)), max(1, round(width * scale))
-        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        t = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
         work = torch.nn.functional.interpolate(t, size=(wh, ww), mode="area")[0].permute(1, 2, 0)
         work = work.round().clamp(0, 255).to(torch.uint8).numpy()
     h, w = work.shape[:2]
