@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -55,17 +56,21 @@ def run(args: argparse.Namespace) -> int:
     from integrations.settings import Settings
 
     url = args.database_url or Settings().database_url
-    try:
-        status = schema_status(url)
-    except Exception as exc:  # noqa: BLE001 - unreachable server, bad URL
-        print(f"clasp status: cannot open the database: {exc}", file=sys.stderr)
-        return 1
-    if status.current is None:
+    if _missing_sqlite_file(url):  # do not create an empty database just to report on it
+        status = None
+    else:
+        try:
+            status = schema_status(url)
+        except Exception as exc:  # noqa: BLE001 - unreachable server, bad URL
+            print(f"clasp status: cannot open the database: {exc}", file=sys.stderr)
+            return 1
+    if status is None or status.current is None:
+        shown = status.url if status is not None else url
         if args.json:
-            print(json.dumps({"database": status.url, "images": {}, "total_images": 0, "runs": [],
+            print(json.dumps({"database": shown, "images": {}, "total_images": 0, "runs": [],
                               "failure_reasons": [], "schema": "empty"}))
         else:
-            print(f"{status.url}: no CLASP schema yet (run `clasp run ...` or `clasp db upgrade`)")
+            print(f"{shown}: no CLASP database yet (run `clasp run ...` or `clasp db upgrade`)")
         return 0
     if not status.up_to_date:
         print(f"clasp status: {status.describe()}", file=sys.stderr)
@@ -80,6 +85,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(describe(data))
     return 0
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
+        return False
+    return not Path(u.database).expanduser().exists()
 
 
 def describe(data: dict[str, Any]) -> str:
