@@ -34,7 +34,7 @@ from clasp_engine.metrics import (
     aggregate_region,
     class_scores,
     finite_or_none,
-    majority_match,
+    region_match,
     region_scores,
     resize_image,
     resize_nearest,
@@ -298,8 +298,8 @@ def run(args: argparse.Namespace) -> int:
 def _grid_row(image_id, score, k, image, gt, pred, seg_to_class, protocol):
     from clasp_engine.report_figures import GridRow, recolour_prediction
 
-    if seg_to_class is None:  # class-agnostic: colour each segment like the region it overlaps most
-        seg_to_class = majority_match(pred, gt)
+    if seg_to_class is None:  # class-agnostic: colour each segment like the region it is matched to
+        seg_to_class = region_match(pred, gt)
     img = protocol.engine_image(image)
     th, tw = _thumb_shape(*gt.shape)
     return GridRow(

@@ -485,8 +485,11 @@ def finite_or_none(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def majority_match(pred: np.ndarray, gt: np.ndarray, ignore: int | None = IGNORE) -> dict[int, int]:
-    """Predicted segment id -> the ground-truth id it overlaps most (for colouring region figures)."""
+def region_match(pred: np.ndarray, gt: np.ndarray, ignore: int | None = IGNORE) -> dict[int, int]:
+    """Predicted segment id -> ground-truth region id, one to one, maximising the overlap (Hungarian).
+
+    For colouring region figures: segments left without a region are absent from the result.
+    """
     pred = np.asarray(pred)
     gt = np.asarray(gt)
     valid = gt != ignore if ignore is not None else np.ones(gt.shape, dtype=bool)
@@ -495,5 +498,5 @@ def majority_match(pred: np.ndarray, gt: np.ndarray, ignore: int | None = IGNORE
     if seg_ids.size == 0:
         return {}
     table = contingency(p, g, seg_ids.size, gt_ids.size)
-    best = table.argmax(axis=1)
-    return {int(s): int(gt_ids[b]) for s, b in zip(seg_ids, best)}
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return {int(seg_ids[r]): int(gt_ids[c]) for r, c in zip(rows, cols) if table[r, c] > 0}

@@ -12,6 +12,7 @@ from clasp_engine.metrics import (
     centre_square,
     class_scores,
     rand_index,
+    region_match,
     region_scores,
     resize_nearest,
     variation_of_information,
@@ -227,3 +228,11 @@ def test_crop_keeps_labels_aligned_with_prediction_at_original_size():
     p = PROTOCOLS["diffcut"]
     g2, p2 = p.labels(gt), p.prediction(pred, gt.shape)
     assert np.array_equal(g2, p2) and set(np.unique(g2)) == {0, 1, 2, 3}
+
+
+def test_region_match_is_one_to_one():
+    gt = np.array([[0, 0, 0, 0], [1, 1, 1, 1]])
+    pred = np.array([[5, 5, 6, 6], [7, 7, 7, 7]])
+    # segments 5 and 6 both lie in region 0; only one of them gets its colour
+    m = region_match(pred, gt)
+    assert m[7] == 1 and len(m) == 2 and sorted(m.values()) == [0, 1]
