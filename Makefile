@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/clasp segment --samples --out demo-output --plots
+	$(VENV)/bin/clasp run --samples --out demo-output
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

@@ -122,13 +122,19 @@ def describe(result: dict, settings, overlays: bool = True) -> str:
     lines.append(f"  failed        {seg['failed']}")
     for reason, count in list(seg["failure_reasons"].items())[:5]:
         lines.append(f"      {count} x {reason}")
-    lines.append(f"  speed         {seg['images_per_second']:.2f} images/s end to end ({seg['wall_seconds']:.1f} s)")
-    if seg.get("outside_engine_share") is not None:
-        lines.append(f"  outside engine {100 * seg['outside_engine_share']:.1f}% of wall time (orchestration, database, image I/O)")
+    lines.append(
+        f"  speed         {seg['images_per_second']:.2f} images/s end to end "
+        f"({seg['wall_seconds']:.1f} s, of which {seg.get('model_load_seconds', 0.0):.1f} s loading the model once)"
+    )
+    if seg.get("overhead_vs_engine") is not None:
+        lines.append(
+            f"  engine        {seg['engine_seconds'] / max(seg['done'], 1):.2f} s per image; orchestration, database and "
+            f"image I/O add {100 * seg['overhead_vs_engine']:.1f}% to it"
+        )
     lines.append("Where to look:")
     lines.append(f"  database      {common.display_url(settings.database_url)}   (clasp status)")
     if overlays:
-        lines.append(f"  overlays      {Path(settings.output_dir) / 'overlays'}/<image id>.jpg")
+        lines.append(f"  overlays      {Path(settings.output_dir) / 'overlays'}/<image id>-<name>.jpg")
     if "push" in result:
         push = result["push"]
         lines.append(f"  Label Studio  {push.get('project_url') or settings.label_studio_url}  ({push.get('pushed', '?')} pushed)")
