@@ -309,3 +309,15 @@ def test_bulk_push_throughput_100_images(ls, label_studio_server, artifacts_dir)
     }
     (artifacts_dir / "label_studio_throughput.json").write_text(json.dumps(figures, indent=2))
     print(figures)
+
+
+def test_token_never_in_server_log_database_or_artifacts(db, label_studio_server, artifacts_dir, shared_pushed, caplog):
+    token = label_studio_server.credentials().token()
+    assert token not in label_studio_server.log_file.read_text(errors="replace")
+    db_path = Path(db.kw["bind"].url.database)
+    for p in [db_path, *db_path.parent.glob(db_path.name + "-*")]:  # the file and its WAL
+        assert token.encode() not in p.read_bytes()
+    for p in artifacts_dir.glob("*"):
+        if p.is_file():
+            assert token.encode() not in p.read_bytes()
+    assert token not in caplog.text and token not in json.dumps(shared_pushed.to_dict())
