@@ -19,7 +19,8 @@ Work queue, in one picture::
   transaction (see session.py). No image is handed to two workers.
 - Only the lease holder may store or fail an image: a worker whose lease
   expired and was reclaimed (the image is waiting again or held by another
-  worker) gets `LeaseLostError` and writes nothing. A lease that expired but was
+  worker) gets `LeaseLostError` and writes nothing (the session's transaction is
+  rolled back, including earlier `commit=False` work in it). A lease that expired but was
   not yet reclaimed still lets its holder finish: the work is done, keep it.
 - Lease times use the database clock on PostgreSQL (workers on several hosts)
   and this machine's clock on SQLite (one machine by construction).
