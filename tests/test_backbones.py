@@ -128,6 +128,7 @@ def test_equal_sizes_share_a_pass_and_order_is_kept() -> None:
     assert [tuple(f.shape[:2]) for f in feats] == [(2, 3), (3, 2), (2, 3)]
     for img, f in zip((a, b, c), feats):
         torch.testing.assert_close(f, _features(bb, img), rtol=1e-4, atol=1e-4)
+    feats[0].div_(2.0)  # ordinary tensors, not inference-mode ones: in-place ops work
     with pytest.raises(ValueError, match="multiple of patch size"):
         bb.patch_features([_image(30, 48)])
 
@@ -253,6 +254,12 @@ def test_no_weights_anywhere_names_both_ways(monkeypatch) -> None:
     msg = str(info.value)
     assert "dino_deitsmall16_pretrain.pth" in msg and "CLASP_WEIGHTS_DIR" in msg
     assert "vit_small_patch16_224.dino" in msg and "HF_HUB_OFFLINE" in msg
+
+
+def test_hub_ids_match_timm() -> None:
+    timm = vit_mod.import_timm()
+    for name, spec in vit_mod.SPECS.items():
+        assert timm.models.get_pretrained_cfg(spec.timm_name).hf_hub_id == vit_mod._hf_hub_id(name)
 
 
 def test_failed_download_is_not_retried(monkeypatch) -> None:
