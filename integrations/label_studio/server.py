@@ -279,3 +279,18 @@ class LocalLabelStudio:
     def status(self) -> dict:
         return {"url": self.url, "pid": self.pid(), "healthy": self.healthy(), "data_dir": str(self.data_dir),
                 "venv": str(self.venv), "username": self.username, "token_file": str(self.token_file)}
+
+
+def start_demo(*, port: int | None = None, document_root: Path | None = None, timeout: float = 180.0) -> Credentials:
+    """Start (or reuse) the demo server in `.clasp/label-studio` and point this process at it.
+
+    Sets LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY_FILE and CLASP_LABEL_STUDIO_DOCUMENT_ROOT in
+    `os.environ` (and drops a LABEL_STUDIO_API_KEY meant for another server), so that
+    `Settings()` and `ImageResolver.from_env()` find it. Returns the login to print.
+    """
+    server = LocalLabelStudio(DEFAULT_DATA_DIR, port=port, document_root=document_root or REPO_ROOT)
+    creds = server.start(timeout=timeout)
+    os.environ.pop("LABEL_STUDIO_API_KEY", None)
+    os.environ.pop("CLASP_LABEL_STUDIO_API_KEY", None)
+    os.environ.update(server.env())
+    return creds
