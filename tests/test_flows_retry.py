@@ -76,9 +76,14 @@ def test_retry_condition_runs_in_prefect(request):
         return "ok"
 
     import flows_support as fs
+    from prefect import flow
+
+    @flow
+    def run(kind: str) -> str:
+        return flaky(kind)
 
     fs.ensure_harness(request)
-    assert flaky("transient") == "ok" and calls["transient"] == 3
+    assert run("transient") == "ok" and calls["transient"] == 3
     with pytest.raises(InvalidImageError):
-        flaky("bad")
+        run("bad")
     assert calls["bad"] == 1

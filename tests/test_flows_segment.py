@@ -89,7 +89,7 @@ def test_run_over_shared_data_stores_one_segmentation_per_image(db_url, shared_d
 
 def test_bad_inputs_fail_alone_with_reasons_and_nothing_runs_twice(db_url, shared_data, tmp_path, monkeypatch):
     monkeypatch.setenv("CLASP_ALLOW_PRIVATE_HOSTS", "true")
-    monkeypatch.setenv("CLASP_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("CLASP_MAX_ATTEMPTS", "2")  # the unreachable URL is tried twice (transient), then fails
     monkeypatch.setenv("CLASP_HTTP_TIMEOUT_S", "3")
     good = fs.shared_images(shared_data, limit=6)
     corrupt = tmp_path / "corrupt.jpg"
@@ -100,24 +100,31 @@ def test_bad_inputs_fail_alone_with_reasons_and_nothing_runs_twice(db_url, share
     first = _pipeline(db_url, source, tmp_path)
     seg = first["segment"]
     assert seg["done"] == len(good)
-    assert seg["failed"] == 2
-    failed_uris = {f["uri"]: f for f in seg["failures"]}
-    assert set(failed_uris) == {str(corrupt), unreachable} or {Path(u).name for u in failed_uris} >= {"corrupt.jpg"}
-    assert all(f["reason"] for f in seg["failures"])
-
-    images = {im.uri: im for im in _images(db_url)}
-    statuses = Counter(im.status for im in images.values())
-    assert statuses["segmented"] == len(good) and statuses["failed"] == 2
-    for im in images.values():
-        if im.status == "failed":
-            assert im.last_error, f"{im.uri} failed without a reason"
+    by_uri = {f["uri"]: f for f in seg["failures"]}
+    assert set(by_uri) == {str(corrupt), unreachable}
+    # the corrupt file fails for good at once: bad input is never retried
+    assert by_uri[str(corrupt)]["stage"] == "decode" and not by_uri[str(corrupt)]["retryable"]
+    assert by_uri[str(corrupt)]["status"] == "failed"
+    # the unreachable URL is transient: back in the queue for another attempt (2 allowed)
+    assert by_uri[unreachable]["stage"] == "read" and by_uri[unreachable]["retryable"]
+    assert by_uri[unreachable]["status"] == "waiting"
+    assert seg["failed"] == 1 and seg["requeued"] == 1
     counts = _segmentation_counts(db_url)
     assert len(counts) == len(good) and set(counts.values()) == {1}
 
-    # A second run over the same source: nothing new registered, nothing segmented twice.
+    # The next run (same source): nothing new registered; only the URL is tried again, and now fails for good.
     second = _pipeline(db_url, source, tmp_path)
     assert second["ingest"]["registered"] == 0
-    assert second["segment"]["claimed"] == 0 and second["segment"]["done"] == 0
+    assert second["segment"]["claimed"] == 1 and second["segment"]["done"] == 0 and second["segment"]["failed"] == 1
+    images = {im.uri: im for im in _images(db_url)}
+    assert Counter(im.status for im in images.values()) == {"segmented": len(good), "failed": 2}
+    assert "not" in images[str(corrupt)].last_error.lower() or "decode" in images[str(corrupt)].last_error
+    assert images[unreachable].last_error.startswith("read: ")
+    assert images[unreachable].attempts == 2
+
+    # And a third: nothing to do, nothing segmented twice.
+    third = _pipeline(db_url, source, tmp_path)
+    assert third["ingest"]["registered"] == 0 and third["segment"]["claimed"] == 0
     assert _segmentation_counts(db_url) == counts
 
 
