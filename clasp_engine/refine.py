@@ -52,7 +52,7 @@ def crf_labels(image: np.ndarray, probabilities: np.ndarray, crf: CRFConfig) -> 
     image : (H, W, 3) uint8 RGB
     probabilities : (rows, cols, K) soft assignments on the patch grid
     crf : CRFConfig; with ``max_side`` > 0 the CRF runs on a copy of the image
-        whose long side is ``max_side`` and its labels are upsampled (nearest).
+        whose long side is ``max_side`` and its marginals are upsampled (bilinear).
     """
     import pydensecrf.densecrf as dcrf
 
@@ -84,7 +84,8 @@ def crf_labels(image: np.ndarray, probabilities: np.ndarray, crf: CRFConfig) -> 
     d.addPairwiseBilateral(sxy=max(crf.bilateral_sxy * scale, 0.5), srgb=crf.bilateral_srgb, rgbim=rgb,
                            compat=crf.bilateral_compat)
     q = np.asarray(d.inference(crf.iterations), dtype=np.float32).reshape(k, h, w)
-    labels = q.argmax(axis=0)
     if (h, w) != (height, width):
-        labels = upsample_labels(labels, height, width)
-    return labels.astype(np.int64)
+        # Upsample the CRF's marginals, not its labels: edges land between the
+        # reduced pixels instead of on a staircase of them.
+        q = upsample_probabilities(q.transpose(1, 2, 0), height, width)
+    return q.argmax(axis=0).astype(np.int64)
