@@ -159,6 +159,16 @@ def prepare_batch(database_url: str, worker_id: str, n: int, settings_json: dict
     return out
 
 
+@task(name="load-model", cache_policy=NO_CACHE, persist_result=False)
+def load_model(config_json: dict[str, Any]) -> float:
+    """Build the process's Segmenter (model loaded once) while the first batch is claimed and decoded."""
+    from clasp_engine import SegmenterConfig
+
+    t = time.perf_counter()
+    common.get_segmenter(SegmenterConfig.from_dict(config_json))
+    return time.perf_counter() - t
+
+
 @task(name="segment-batch", cache_policy=NO_CACHE, persist_result=False)
 def segment_batch(items: list[Item], config_json: dict[str, Any]) -> Segmented:
     """Run the engine on a batch (CRF batched inside). If the batch call fails, isolate the bad image."""
@@ -421,7 +431,10 @@ def segment(
     want = next_claim()
     pending = prepare_batch.submit(url, worker_id, want, settings_json) if want else None
     claimed_so_far += want
+    warm = load_model.submit(config_json) if want and opened["waiting"] else None
     try:
+        if warm is not None:
+            total.io_seconds["model_load"] = warm.result()
         while pending is not None:
             prepared: Prepared = pending.result()
             pending = None
