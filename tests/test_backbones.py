@@ -239,6 +239,9 @@ def test_wrong_checkpoints_give_clear_errors(tmp_path: Path, vits16_source) -> N
         with pytest.raises(ConfigError, match=match) as info:
             ViTBackbone.create("dino_vits16", str(path), CPU)
         assert str(path) in str(info.value)
+    with pytest.raises(ConfigError, match="patch size") as info:  # S/16 weights for S/8
+        ViTBackbone.create("dino_vits8", str(missing.with_name("extra_key.pth")), CPU)
+    assert "extra_key.pth" in str(info.value)
     with pytest.raises(WeightsNotFoundError, match="does not exist"):
         ViTBackbone.create("dino_vits16", str(tmp_path / "nope.pth"), CPU)
 
@@ -275,8 +278,15 @@ def test_local_weights_discovered(tmp_path: Path, monkeypatch, vits16_source) ->
     torch.save(vits16_source, path)
     bb = ViTBackbone.create("dino_vits16", None, CPU)
     assert bb.weights.source == str(path) and bb.weights.sha256 == vit_mod.sha256_file(path)
+    from safetensors.torch import save_file
+
+    timm_named = tmp_path / "vit_small_patch16_224.dino.safetensors"  # timm layout, timm's name
+    save_file(vits16_source, str(timm_named))
+    path.unlink()
+    assert ViTBackbone.create("dino_vits16", None, CPU).weights.source == str(timm_named)
     auto = create_backbone(SegmenterConfig(backbone="auto", features="keys"), CPU)
     assert auto.name == "dino_vits16" and auto.weights.kind == "pretrained" and auto.features == "keys"
+    assert auto.weights.sha256 == vit_mod.sha256_file(timm_named)
 
 
 # ----------------------------------------------------------------------------- create_backbone

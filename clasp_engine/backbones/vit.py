@@ -238,6 +238,15 @@ def load_checkpoint_into(model: torch.nn.Module, path: Path) -> None:
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     sd = read_checkpoint(path)
+    # timm would silently resample a patch embedding of another size (e.g. S/16 weights
+    # into S/8); for CLASP that is a wrong file, not a conversion.
+    proj = sd.get("patch_embed.proj.weight")
+    expected = tuple(model.patch_embed.proj.weight.shape[-2:])
+    if proj is not None and proj.ndim == 4 and tuple(proj.shape[-2:]) != expected:
+        raise ConfigError(
+            f"weights file {path} has patch size {tuple(proj.shape[-2:])} but the model expects {expected}; "
+            "check that it belongs to the chosen backbone"
+        )
     try:
         sd = checkpoint_filter_fn(dict(sd), model)
         sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
