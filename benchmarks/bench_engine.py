@@ -63,10 +63,13 @@ def image_set(kind: str, n: int) -> list[Path]:
     return [paths[i % len(paths)] for i in range(n + 1)]
 
 
-def worker(name: str, n_images: int, device: str) -> dict:
+def worker(name: str, n_images: int, device: str, threads: int | None = None) -> dict:
     import resource
 
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from clasp_engine import SegmenterConfig
     from clasp_engine.segmenter import Segmenter
@@ -124,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"names or groups ({', '.join(GROUPS)}, all); names: {', '.join(CONFIGS)}")
     ap.add_argument("--images", type=int, default=3, help="images per configuration (after one warm-up)")
     ap.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice). On a shared, "
+                    "loaded machine 1 thread can be faster: a descheduled second thread stalls every op")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.images, args.device)))
+        print(json.dumps(worker(args.worker, args.images, args.device, args.threads)))
         return 0
     names: list[str] = []
     for c in args.configs:
@@ -145,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     for name in names:
         proc = subprocess.run([sys.executable, __file__, "--worker", name, "--images", str(args.images),
-                               "--device", args.device], capture_output=True, text=True, env=env, cwd=REPO)
+                               "--device", args.device, *(["--threads", str(args.threads)] if args.threads else [])],
+                              capture_output=True, text=True, env=env, cwd=REPO)
         if proc.returncode != 0:
             print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue

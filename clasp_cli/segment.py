@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"backbone: {bb.name} (patch {bb.patch_size}) on {bb.device}; weights: {bb.weights.describe()}"
           + (f" sha256 {bb.weights.sha256[:12]}" if bb.weights.sha256 else ""))
     for w in segmenter.warnings:
-        print(f"WARNING: {w.upper() if ('random' in w or 'fallback' in w) else w}", file=sys.stderr)
+        loud = any(word in w.lower() for word in ("random", "fallback", "falling back"))
+        print(f"WARNING: {w.upper() if loud else w}", file=sys.stderr)
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
