@@ -1,13 +1,11 @@
 """`segment`: claim batches of waiting images from SQL and run the engine on them.
 
-Shape of one flow run (task granularity is a batch, never an image):
+Shape of one flow run (task granularity is a batch, never an image): three
+stages overlap, so the accelerator rarely waits for the database or the disk:
 
-    prepare_batch(1) ─┐
-                      ├─ segment_batch(1) ─ store_batch(1)
-    prepare_batch(2) ─┘   (the next batch is claimed, read and decoded on a
-                           thread while this one is on the accelerator)
-                      ├─ segment_batch(2) ─ store_batch(2)
-    ...
+    thread A:  prepare_batch(i+1)   claim, read bytes, decode
+    flow:      segment_batch(i)     the engine (CRF batched inside)
+    thread B:  store_batch(i-1)     masks + diagnostics + failures in one transaction, overlays
 
 - The Segmenter (and its model) is built once per worker process and reused
   (`flows.common.get_segmenter`); DenseCRF runs batched inside `segment_batch`.
@@ -382,7 +380,7 @@ def give_back(database_url: str, worker_id: str, pending: Any) -> None:
 
 
 # ---------------------------------------------------------------- the flow
-@flow(name="segment", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=False)
+@flow(name="segment", task_runner=ThreadPoolTaskRunner(max_workers=3), log_prints=False)
 def segment(
     batch_size: int | None = None,
     limit: int | None = None,
@@ -432,6 +430,17 @@ def segment(
     pending = prepare_batch.submit(url, worker_id, want, settings_json) if want else None
     claimed_so_far += want
     warm = load_model.submit(config_json) if want and opened["waiting"] else None
+    storing = None  # the previous batch's store task, running while this batch is segmented
+
+    def collect(future: Any) -> None:
+        total.add(future.result())
+        processed = total.done + total.final_failures()
+        update_progress_artifact(
+            artifact_id=progress_id,
+            progress=min(100.0, 100.0 * processed / max(expected, 1)),
+            description=f"{total.done} segmented, {total.final_failures()} failed, of {expected} (run {run_id})",
+        )
+
     try:
         if warm is not None:
             total.io_seconds["model_load"] = warm.result()
@@ -445,17 +454,21 @@ def segment(
             pending = prepare_batch.submit(url, worker_id, want, settings_json) if want else None
             claimed_so_far += want
             segmented = segment_batch(prepared.items, config_json)
-            report = store_batch(url, run_id, worker_id, prepared, segmented, overlay_dir, settings_json)
-            total.add(report)
-            processed = total.done + total.final_failures()
-            update_progress_artifact(
-                artifact_id=progress_id,
-                progress=min(100.0, 100.0 * processed / max(expected, 1)),
-                description=f"{total.done} segmented, {total.final_failures()} failed, of {expected} (run {run_id})",
-            )
+            if storing is not None:
+                future, storing = storing, None
+                collect(future)
+            storing = store_batch.submit(url, run_id, worker_id, prepared, segmented, overlay_dir, settings_json)
+        if storing is not None:
+            future, storing = storing, None
+            collect(future)
     except BaseException:
         # The batch that failed keeps its claims: its images come back when the lease
         # expires. The prefetched batch was never started: give it back now.
+        if storing is not None:
+            try:
+                collect(storing)
+            except BaseException:
+                pass
         if pending is not None:
             give_back(url, worker_id, pending)
         close_run(url, run_id, "failed", total.backbone, total.device)
