@@ -117,9 +117,9 @@ def run(args: argparse.Namespace) -> int:
             result = segmenter(path)  # decodes inside, so the "load" timing is real
             image = load_image(path)  # again, for the overlay: cheaper than plumbing the array out
             write_outputs(result, image, out, stem, args.plots)
-        except (InvalidImageError, OSError) as exc:
+        except (ClaspError, OSError) as exc:
             n_failed += 1
-            reason = exc.reason if isinstance(exc, InvalidImageError) else str(exc)
+            reason = exc.reason if isinstance(exc, InvalidImageError) else str(exc) or type(exc).__name__
             tqdm.write(f"error: {path}: {reason}", file=sys.stderr)
     n_ok = len(paths) + len(failures) - n_failed
     print(f"{n_ok} segmented, {n_failed} failed -> {out}")
