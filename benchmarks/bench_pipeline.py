@@ -71,6 +71,35 @@ def run_once(workdir: Path, source_args: list[str], backbone: str, weights: str 
     return seg
 
 
+BASELINE = r"""
+import json, sys, time
+from clasp_engine import Segmenter, SegmenterConfig
+from clasp_engine.images import load_image
+uris, backbone, weights, variant, batch, max_side = json.loads(sys.argv[1])
+kw = dict(backbone=backbone, variant=variant, weights=weights)
+if max_side:
+    kw["max_side"] = max_side
+seg = Segmenter(SegmenterConfig.from_env(**kw))
+images = [load_image(u) for u in uris]
+t = time.perf_counter()
+for i in range(0, len(images), batch):
+    seg.segment_batch(images[i:i + batch])
+print(json.dumps({"engine_alone_seconds": time.perf_counter() - t, "images": len(images)}))
+"""
+
+
+def engine_alone(uris: list[str], backbone: str, weights: str | None, variant: str, batch: int,
+                 max_side: int | None) -> float:
+    """Seconds the engine alone takes on the same decoded images, same batches (no Prefect, no SQL, no I/O)."""
+    py = REPO / ".venv" / "bin" / "python"
+    proc = subprocess.run([str(py) if py.exists() else sys.executable, "-c", BASELINE,
+                           json.dumps([uris, backbone, weights, variant, batch, max_side])],
+                          cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])["engine_alone_seconds"]
+
+
 def row(label: str, seg: dict) -> dict:
     done = seg["done"]
     io = seg["io_seconds"]
@@ -89,9 +118,15 @@ def row(label: str, seg: dict) -> dict:
         "model_load_s": round(seg.get("model_load_seconds", 0.0), 2),
         "outside_engine_share": round(seg["outside_engine_share"], 3) if seg["outside_engine_share"] is not None else None,
         "overhead_vs_engine": round(seg["overhead_vs_engine"], 3) if seg.get("overhead_vs_engine") is not None else None,
+        "engine_alone_s_per_image": None,
+        "overhead_vs_engine_alone": None,
         "outside_s_per_image": {k: round(v, 4) for k, v in outside.items()},
         "stage_s_per_image": {k: round(v, 4) for k, v in seg["seconds_per_image_per_stage"].items()},
     }
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-side", type=int)
     ap.add_argument("--no-overlays", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also time the engine alone on the same images and batches (no Prefect, SQL or I/O)")
     args = ap.parse_args(argv)
     if not args.samples and not args.images:
         args.samples = True
@@ -115,14 +152,18 @@ def main(argv: list[str] | None = None) -> int:
         tmp_path = Path(tmp)
         prefect_home = tmp_path / "prefect"  # one local Prefect history for all runs (restart ~5 s)
         prefect_home.mkdir()
-        sources: list[tuple[str, list[str]]] = []
+        sources: list[tuple[str, list[str], list[str]]] = []
         if args.samples:
-            sources.append(("samples(3)", ["--samples"]))
+            sys.path.insert(0, str(REPO))
+            from integrations.samples import sample_image_paths
+
+            sources.append(("samples(3)", ["--samples"], [str(p) for p in sample_image_paths()]))
         if args.images:
             listing = tmp_path / "images.txt"
-            listing.write_text("\n".join(shared_images(args.images)) + "\n")
-            sources.append((f"shared({args.images})", [str(listing)]))
-        for name, source_args in sources:
+            uris = shared_images(args.images)
+            listing.write_text("\n".join(uris) + "\n")
+            sources.append((f"shared({args.images})", [str(listing)], uris))
+        for name, source_args, uris in sources:
             for backbone in backbones:
                 weights = args.weights if backbone != "classic" else None
                 label = f"{name} {backbone}{'/' + weights if weights else ''} {args.variant} bs={args.batch_size}"
@@ -132,17 +173,25 @@ def main(argv: list[str] | None = None) -> int:
                 seg = run_once(work, source_args, backbone, weights, args.variant, args.batch_size,
                                args.max_side, not args.no_overlays, prefect_home)
                 r = row(label, seg)
+                if args.baseline:
+                    alone = engine_alone(uris, backbone, weights, args.variant, args.batch_size, args.max_side)
+                    r["engine_alone_s_per_image"] = round(alone / len(uris), 4)
+                    # the flow's wall time, less the one-time model load, against the engine alone
+                    r["overhead_vs_engine_alone"] = round(
+                        (seg["wall_seconds"] - seg.get("model_load_seconds", 0.0)) / alone - 1.0, 3)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
     print()
     print("| config | images | command s | segment flow s | img/s (flow) | img/s (command) | engine s/img | "
-          "model load s | outside engine | overhead vs engine |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "model load s | outside engine | overhead vs engine | engine alone s/img | overhead vs engine alone |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        share = f"{100 * r['outside_engine_share']:.1f}%" if r["outside_engine_share"] is not None else "-"
-        over = f"{100 * r['overhead_vs_engine']:.1f}%" if r["overhead_vs_engine"] is not None else "-"
+        share = pct(r["outside_engine_share"])
+        over = pct(r["overhead_vs_engine"])
+        alone = pct(r["overhead_vs_engine_alone"])
         print(f"| {r['config']} | {r['images']} | {r['command_s']} | {r['segment_flow_s']} | {r['images_per_s_flow']} | "
-              f"{r['images_per_s_command']} | {r['engine_s_per_image']} | {r['model_load_s']} | {share} | {over} |")
+              f"{r['images_per_s_command']} | {r['engine_s_per_image']} | {r['model_load_s']} | {share} | {over} | "
+              f"{r['engine_alone_s_per_image'] or '-'} | {alone} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
