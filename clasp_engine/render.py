@@ -116,7 +116,8 @@ def spectrum_figure(diagnostics: Diagnostics | dict[str, Any], path: str | Path,
     ax2.set_xlabel("candidate K")
     ax2.set_ylabel("mean silhouette")
     ax2.set_title(f"Chosen K = {k}  (rule: {rule})")
-    head = title or f"{d.get('backbone', '')}  {d.get('width', '')}×{d.get('height', '')}  variant={d.get('variant', '')}"
+    size = f"{d.get('width', '')}×{d.get('height', '')}"
+    head = title or f"{d.get('backbone', '')}  {size}  variant={d.get('variant', '')}"
     fig.suptitle(head, fontsize=10)
     fig.tight_layout()
     path = Path(path)
