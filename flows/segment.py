@@ -35,6 +35,8 @@ from flows import common
 from integrations.settings import Settings
 
 
+MAX_FAILURES_LISTED = 200  # in the flow's return value; the summary table lists reasons with counts
+
 # ---------------------------------------------------------------- data passed between tasks
 @dataclass
 class Item:
@@ -511,7 +513,8 @@ def summarize(total: BatchReport, wall: float, run_id: Any, config_json: dict[st
         "done": done,
         "failed": total.final_failures(),
         "requeued": len(total.failures) - total.final_failures(),
-        "failures": total.failures,
+        "failures": total.failures[:MAX_FAILURES_LISTED],  # all of them are in SQL (`clasp status`)
+        "failures_listed": min(len(total.failures), MAX_FAILURES_LISTED),
         "failure_reasons": dict(reasons.most_common()),
         "k_distribution": {int(k): int(v) for k, v in sorted(total.k_counts.items())},
         "seconds_per_image_per_stage": per_image,

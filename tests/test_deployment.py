@@ -110,6 +110,20 @@ def test_process_worker_runs_a_triggered_segment_deployment(request, shared_data
         )
         state = run.state
         assert state is not None and state.is_completed(), f"{state}\n{_stop(worker)}"
+
+        # The scheduled queue's shape: the pipeline (here in-process) fans segmentation
+        # out to two runs of the deployment, which the worker picks up.
+        more = fs.shared_images(shared_data, limit=9)[len(paths):]
+        from flows.pipeline import moderation_pipeline
+
+        result = moderation_pipeline(
+            source=[str(p) for p in more], database_url=url, review=False, segment_deployment="segment/gpu",
+            segment_runs=2, batch_size=2, device="cpu", overlays=False, **fs.FAST,
+        )
+        runs = result["segment"]["runs"]
+        assert len(runs) == 2 and {r["state"] for r in runs} == {"COMPLETED"}, runs
+        assert result["segment"]["images"]["segmented"] == len(paths) + len(more)
+        paths = paths + more
     finally:
         log = _stop(worker)
     import sqlalchemy as sa
