@@ -13,8 +13,8 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from clasp_engine import SegmenterConfig
@@ -126,7 +126,9 @@ def engine_config(
 
 
 # ---------------------------------------------------------------- settings and database
-_SOURCE_FIELDS = {"lease_seconds", "max_attempts", "http_timeout_s", "max_download_bytes", "max_image_pixels", "allow_private_hosts"}
+_SOURCE_FIELDS = {
+    "lease_seconds", "max_attempts", "http_timeout_s", "max_download_bytes", "max_image_pixels", "allow_private_hosts",
+}
 
 
 def settings(**overrides: Any) -> Settings:
