@@ -11,6 +11,8 @@ images is reported. ViTs use random weights (speed only; "random weights"
 warnings are expected). "post" = everything after the backbone (affinity,
 eigensolver, K search, clustering, CRF, upsampling), the part this engine owns.
 
+    python benchmarks/bench_engine.py --crf-sweep         # CRF quality vs settings on ../shared/data
+
 Targets (issue "CLASP engine", 481x321, CPU): ViT-S/16 pixel total <= 0.5 s and
 post <= 0.22 s; ViT-S/8 pixel total <= 3.2 s and post <= 0.55 s.
 """
@@ -105,6 +107,85 @@ def worker(name: str, n_images: int, device: str, threads: int | None = None) ->
     return out
 
 
+def boundary_f(pred, gt, tol: int = 2, ignore: int = 255) -> float:
+    """Boundary F-measure: predicted / true boundary pixels within ``tol`` px of the other's."""
+    import numpy as np
+    from scipy.ndimage import distance_transform_edt
+
+    from clasp_engine.render import boundaries
+
+    valid = gt != ignore
+    pb = boundaries(pred) & valid
+    gb = boundaries(np.where(valid, gt, 0)) & valid
+    if not pb.any() or not gb.any():
+        return 0.0
+    precision = (distance_transform_edt(~gb)[pb] <= tol).mean()
+    recall = (distance_transform_edt(~pb)[gb] <= tol).mean()
+    return float(2 * precision * recall / max(precision + recall, 1e-12))
+
+
+def crf_sweep(max_side: int = 448) -> None:
+    """Quality of the pixel variant for a few CRF settings (how config.CRFConfig's defaults were chosen).
+
+    Patch results come once per image from the weight-free classic backbone;
+    each setting then only reruns the CRF. Prints boundary F at 2 px per
+    dataset, Hungarian mIoU (covering on BSDS500) and CRF time per image.
+    """
+    import dataclasses
+    import time
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from clasp_engine.backbones import create_backbone
+    from clasp_engine.config import CRFConfig, SegmenterConfig
+    from clasp_engine.graph import affinity, leading_eigenpairs
+    from clasp_engine.images import load_image, resize_to_grid
+    from clasp_engine.metrics import aggregate_class, aggregate_region, class_scores, region_scores
+    from clasp_engine.refine import crf_labels, upsample_labels
+    from clasp_engine.select_k import select_k
+
+    config = SegmenterConfig(backbone="classic", max_side=max_side, device="cpu")
+    backbone = create_backbone(config, torch.device("cpu"))
+    items = []
+    for ds in ("cocostuff", "ade20k", "camvid", "bsds500"):
+        classes = DATA / ds / "classes.txt"
+        n_classes = len(classes.read_text().strip().splitlines()) if classes.exists() else None
+        for path in sorted((DATA / ds / "images").iterdir()):
+            gt = np.asarray(Image.open(DATA / ds / "labels" / f"{path.stem}.png"))
+            image = load_image(path)
+            feats = backbone.patch_features([resize_to_grid(image, max_side, backbone.patch_size)])[0]
+            spectrum = leading_eigenpairs(affinity(feats), config.n_eigen)
+            c = select_k(spectrum.eigenvalues, spectrum.eigenvectors).clustering
+            rows, cols = feats.shape[:2]
+            items.append((ds, n_classes, image, gt, c.labels.reshape(rows, cols),
+                          c.probabilities.reshape(rows, cols, c.k)))
+    base = CRFConfig()
+    settings = {"patch (no CRF)": None, "defaults": base}
+    for field, values in (("bilateral_compat", (5, 15)), ("unary_confidence", (0.3, 0.7)), ("iterations", (3, 10)),
+                          ("bilateral_srgb", (8, 20)), ("bilateral_sxy", (30, 80)), ("max_side", (0, 480))):
+        for v in values:
+            settings[f"{field}={v}"] = dataclasses.replace(base, **{field: v})
+    print(f"{len(items)} images; classic backbone, max_side {max_side}; defaults {base}")
+    for name, crf in settings.items():
+        t0 = time.perf_counter()
+        scores: dict[str, list] = {}
+        bf: dict[str, list] = {}
+        for ds, n_classes, image, gt, patch_labels, probs in items:
+            pred = upsample_labels(patch_labels, *image.shape[:2]) if crf is None else crf_labels(image, probs, crf)
+            scores.setdefault(ds, []).append(region_scores(pred, [gt], ignore=None) if n_classes is None
+                                             else class_scores(gt, pred, n_classes))
+            bf.setdefault(ds, []).append(boundary_f(pred, gt))
+        per_image = (time.perf_counter() - t0) / len(items)
+        quality = {ds: (aggregate_region(sc).covering if ds == "bsds500"
+                        else aggregate_class(sc, next(i[1] for i in items if i[0] == ds)).miou)
+                   for ds, sc in scores.items()}
+        mean_bf = float(np.mean([np.mean(v) for v in bf.values()]))
+        print(f"{name:24s} {per_image * 1000:6.0f} ms/img  BF@2 {mean_bf:.4f} "
+              + " ".join(f"{ds} {np.mean(bf[ds]):.3f}/{quality[ds]:.3f}" for ds in bf))
+
+
 def table(results: list[dict]) -> str:
     cols = ["config", "grid", "solver", "K", *STAGES, "post", "total", "RSS MB"]
     has_cuda = any("cuda_peak_mb" in r for r in results)
@@ -130,8 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice). On a shared, "
                     "loaded machine 1 thread can be faster: a descheduled second thread stalls every op")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
+    ap.add_argument("--crf-sweep", action="store_true", help="CRF quality vs settings on ../shared/data, then exit")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.crf_sweep:
+        crf_sweep()
+        return 0
     if args.worker:
         print(json.dumps(worker(args.worker, args.images, args.device, args.threads)))
         return 0
