@@ -108,3 +108,13 @@ def test_classic_backbone_end_to_end(tmp_path):
                  "--max-side", "96", "--variant", "patch", "--device", "cpu"])
     assert code == 0
     assert json.loads((tmp_path / "o" / "y.json").read_text())["backbone"].startswith("classic")
+
+
+def test_samples_flag_adds_sample_images(tmp_path, fake_backbone, monkeypatch):
+    import integrations.samples
+
+    sample = tmp_path / "sample.png"
+    Image.fromarray(_scene(4)).save(sample)
+    monkeypatch.setattr(integrations.samples, "sample_image_paths", lambda: [sample])
+    assert main(["segment", "--samples", "--out", str(tmp_path / "o"), "--max-side", "64"]) == 0
+    assert (tmp_path / "o" / "sample.json").exists()

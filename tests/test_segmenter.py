@@ -136,3 +136,10 @@ def test_render_overlay_and_spectrum_figure(results, artifacts_dir):
     path = spectrum_figure(r.diagnostics, artifacts_dir / "test_spectrum.png")
     with Image.open(path) as fig:
         assert fig.size[0] > 600
+
+
+def test_classic_fallback_is_flagged():
+    bb = FakeBackbone()
+    bb.name = "classic:auto-fallback"
+    seg = Segmenter(SegmenterConfig(backbone="auto", variant="patch", max_side=64), backbone=bb)
+    assert any("classic" in w for w in seg(scene()).diagnostics.warnings)
