@@ -217,12 +217,31 @@ def _expand(source: str) -> list[str]:
     return [normalize_uri(source)]
 
 
-def register_images(session: Any, uris: list[str]) -> dict[str, int]:
-    """Register URIs as waiting (read later by the segment workers); idempotent."""
+def fetch_for_registration(uris: list[str], s: Settings, threads: int = 8) -> list[Any]:
+    """Read, hash and decode-check each URI (I/O in a thread pool): ImageInput rows, with the reason when unreadable."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from integrations.db.repository import ImageInput
+    from integrations.sources import fetch_image, normalize_uri
+
+    def one(uri: str) -> ImageInput:
+        uri = normalize_uri(uri)
+        try:
+            img = fetch_image(uri, s, keep_image=False)
+            return ImageInput(uri=uri, content_sha256=img.sha256, size_bytes=img.size, width=img.width, height=img.height)
+        except Exception as exc:  # SourceError carries the reason
+            return ImageInput(uri=uri, error=str(getattr(exc, "reason", None) or exc))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(uris)))) as pool:
+        return list(pool.map(one, uris))
+
+
+def register_images(session: Any, items: list[Any]) -> dict[str, int]:
+    """Register URIs (or ImageInput rows) as waiting; idempotent."""
     from integrations.db import repository as repo
     from integrations.sources import normalize_uri
 
-    result = repo.register_images(session, [normalize_uri(u) for u in uris])
+    result = repo.register_images(session, [normalize_uri(u) if isinstance(u, str) else u for u in items])
     counts = result.counts()
     return {"registered": counts["new"], "already_known": counts["known"], "unreadable": counts["unreadable"]}
 

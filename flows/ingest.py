@@ -1,8 +1,9 @@
 """`ingest`: register images from a source (a folder, a glob, a URI list file, a URI) in SQL.
 
-Registering only records URIs (and what the source layer learns cheaply); bytes
-are read later by the `segment` flow's workers. Registering twice is harmless:
-the data layer skips what it already knows.
+By default registering only records URIs; bytes are read later by the
+`segment` flow's workers (`hash_content=True` reads and hashes them now, to
+register the same bytes once). Registering twice is harmless: the data layer
+skips what it already knows.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from flows import common
     retry_condition_fn=common.retry_if_transient,
     cache_policy=NO_CACHE,
 )
-def register(database_url: str, uris: list[str]) -> dict[str, Any]:
+def register(database_url: str, uris: list[str], hash_content: bool = False) -> dict[str, Any]:
+    """Register a chunk of URIs; with `hash_content`, read each image first (dedupe by content)."""
+    if hash_content:
+        inputs = common.fetch_for_registration(uris, common.settings())
+    else:
+        inputs = uris
     with common.session(database_url) as session:
-        result = common.register_images(session, uris)
-        session.commit()
-    return result
+        return common.register_images(session, inputs)
 
 
 @task(name="list-source", cache_policy=NO_CACHE)
@@ -40,22 +44,29 @@ def ingest(
     limit: int | None = None,
     database_url: str | None = None,
     chunk_size: int = 1000,
+    hash_content: bool = False,
 ) -> dict[str, Any]:
-    """Register every image of `source` (one source, or a list of URIs/paths) as waiting."""
+    """Register every image of `source` (one source, or a list of URIs/paths) as waiting.
+
+    By default only URIs are recorded (once per URI; the segment workers read the
+    bytes). With `hash_content` every image is read, hashed and decode-checked
+    now: the same bytes under two names are registered once, and unreadable
+    images are recorded as failed with their reason at once.
+    """
     logger = get_run_logger()
     url = common.settings(database_url=database_url).database_url
     if isinstance(source, (list, tuple)):
         uris = [str(u) for u in source][: limit if limit is not None else None]
     else:
         uris = list_source(source, limit)
-    totals: dict[str, int] = {"found": len(uris), "registered": 0, "already_known": 0}
+    totals: dict[str, int] = {"found": len(uris), "registered": 0, "already_known": 0, "unreadable": 0}
     # Chunks keep one task run (and one transaction) per thousand URIs, not per image.
     for start in range(0, len(uris), chunk_size):
-        result = register(url, uris[start : start + chunk_size])
-        for key in ("registered", "already_known"):
+        result = register(url, uris[start : start + chunk_size], hash_content)
+        for key in ("registered", "already_known", "unreadable"):
             totals[key] += int(result.get(key, 0))
     logger.info(
-        "ingest: %d found, %d newly registered, %d already known",
-        totals["found"], totals["registered"], totals["already_known"],
+        "ingest: %d found, %d newly registered, %d already known, %d unreadable",
+        totals["found"], totals["registered"], totals["already_known"], totals["unreadable"],
     )
     return totals

@@ -230,3 +230,20 @@ def test_model_is_loaded_once_per_process(shared_data, tmp_path, monkeypatch):
     assert a is b and len(built) == 1
     common.get_segmenter(cfg.replace(max_side=160))
     assert len(built) == 2
+
+
+def test_ingest_with_content_hash_registers_the_same_bytes_once(shared_data, tmp_path):
+    import shutil
+
+    from flows.ingest import ingest
+
+    good = fs.shared_images(shared_data, limit=2)
+    copy = tmp_path / "copy-of-first.jpg"
+    shutil.copy(good[0], copy)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    with fs.database("sqlite", tmp_path) as url:
+        totals = ingest([str(p) for p in good] + [str(copy), str(broken)], database_url=url, hash_content=True)
+        assert totals == {"found": 4, "registered": 2, "already_known": 1, "unreadable": 1}
+        statuses = Counter(im.status for im in _images(url))
+        assert statuses == {"waiting": 2, "failed": 1}
