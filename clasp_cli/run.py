@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", "--output-dir", dest="output_dir", help="where overlays go (default clasp-output)")
     parser.add_argument("--project", help="Label Studio project title (default CLASP_LABEL_STUDIO_PROJECT)")
     parser.add_argument("--no-overlays", action="store_true", help="do not write overlay images")
+    parser.add_argument("--hash-content", action="store_true",
+                        help="read and hash images at registration: the same bytes under two names count once")
     parser.add_argument("--no-review", action="store_true", help="do not push to Label Studio even if configured")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", action="store_true", help="only warnings from Prefect's logger")
@@ -97,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             output_dir=str(settings.output_dir),
             overlays=not args.no_overlays,
             review=not args.no_review,
+            hash_content=args.hash_content,
             return_state=True,
         )
     if not state.is_completed():

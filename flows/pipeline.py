@@ -54,6 +54,7 @@ def moderation_pipeline(
     review: bool = True,
     segment_deployment: str | None = None,
     segment_runs: int = 1,
+    hash_content: bool = False,
 ) -> dict[str, Any]:
     """Register `source` (if given), segment what waits, push proposals and sync reviews (if Label Studio is set).
 
@@ -69,7 +70,7 @@ def moderation_pipeline(
     url = settings.database_url
     result: dict[str, Any] = {}
     if source:
-        result["ingest"] = ingest(source, limit=limit, database_url=database_url)
+        result["ingest"] = ingest(source, limit=limit, database_url=database_url, hash_content=hash_content)
     seg_params = dict(
         batch_size=batch_size,
         limit=limit,
