@@ -35,11 +35,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def shared_images(n: int) -> list[str]:
+def shared_images(n: int, scratch: Path) -> list[str]:
+    """n images from ../shared/data; beyond the ~53 there, copies under new names (registered as new images)."""
     paths = sorted(p for p in SHARED_DATA.glob("*/images/*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not paths:
         sys.exit(f"no images under {SHARED_DATA}")
-    return [str(p) for p in paths[:n]]
+    if n <= len(paths):
+        return [str(p) for p in paths[:n]]
+    scratch.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        src = paths[i % len(paths)]
+        dst = scratch / f"{i:05d}-{src.name}"
+        shutil.copyfile(src, dst)
+        out.append(str(dst))
+    return out
 
 
 def run_once(workdir: Path, source_args: list[str], backbone: str, weights: str | None, variant: str,
@@ -160,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             sources.append(("samples(3)", ["--samples"], [str(p) for p in sample_image_paths()]))
         if args.images:
             listing = tmp_path / "images.txt"
-            uris = shared_images(args.images)
+            uris = shared_images(args.images, tmp_path / "copies")
             listing.write_text("\n".join(uris) + "\n")
             sources.append((f"shared({args.images})", [str(listing)], uris))
         for name, source_args, uris in sources:
