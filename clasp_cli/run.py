@@ -80,7 +80,11 @@ def run(args: argparse.Namespace) -> int:
         from integrations.samples import sample_image_paths
 
         source = [str(p.resolve()) for p in sample_image_paths()]
-    common.ensure_schema(settings.database_url)
+    try:
+        common.ensure_schema(settings.database_url)  # SQLite: created/upgraded; PostgreSQL: must be at head
+    except Exception as exc:  # noqa: BLE001 - schema behind, unreachable server, bad URL
+        print(f"clasp run: database {common.display_url(settings.database_url)}: {exc}", file=sys.stderr)
+        return 1
 
     # In-process there is nobody to notice a crashed run from its missing heartbeats,
     # and each flow would wait ~1 s for its heartbeat thread at its end.

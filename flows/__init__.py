@@ -1,0 +1,10 @@
+"""Prefect flows of the moderation pipeline: they order the work, retry what is transient, report.
+
+- `flows.ingest.ingest`: register images from a source as waiting;
+- `flows.segment.segment`: claim batches, run the engine, store masks and diagnostics;
+- `flows.review.push_for_review` / `flows.review.sync_reviews`: Label Studio hand-off;
+- `flows.pipeline.moderation_pipeline`: the parent flow (`clasp run`, the scheduled queue).
+
+Flows only orchestrate: SQL lives in `integrations.db`, HTTP in `integrations.sources`
+and `integrations.label_studio`, array maths in `clasp_engine`. Deployments: prefect.yaml.
+"""
