@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", help="SQLAlchemy URL (default CLASP_DATABASE_URL or sqlite:///clasp.db)")
     parser.add_argument("--out", "--output-dir", dest="output_dir", help="where overlays go (default clasp-output)")
     parser.add_argument("--project", help="Label Studio project title (default CLASP_LABEL_STUDIO_PROJECT)")
+    parser.add_argument("--label-studio-url", help="Label Studio base URL (default LABEL_STUDIO_URL)")
+    parser.add_argument("--label-studio-token-file", help="file holding the Label Studio token "
+                        "(default LABEL_STUDIO_API_KEY, or LABEL_STUDIO_API_KEY_FILE); never pass a token on the command line")
     parser.add_argument("--no-overlays", action="store_true", help="do not write overlay images")
     parser.add_argument("--hash-content", action="store_true",
                         help="read and hash images at registration: the same bytes under two names count once")
@@ -63,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
         print("clasp run: give a SOURCE (folder, glob, URI list) or --samples", file=sys.stderr)
         return 2
     prepare_environment()
+    # The flows read Label Studio settings from the environment (as deployed workers do).
+    if args.label_studio_url:
+        os.environ["LABEL_STUDIO_URL"] = args.label_studio_url
+    if args.label_studio_token_file:
+        os.environ["LABEL_STUDIO_API_KEY_FILE"] = str(Path(args.label_studio_token_file).expanduser().resolve())
+        os.environ.pop("LABEL_STUDIO_API_KEY", None)
     if args.quiet:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
