@@ -133,7 +133,9 @@ from flows import common
 from flows.segment import segment
 
 url, ready, go, batch_size = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
-fast = dict(backbone="classic", variant="patch", max_side=128)
+# pixel variant (DenseCRF): enough work per image that both workers are still
+# claiming when the slower one's flow run has started
+fast = dict(backbone="classic", variant="pixel", max_side=160)
 common.get_segmenter(common.engine_config(device="auto", **fast))  # the model, loaded once
 ready.touch()
 while not go.exists():

@@ -168,7 +168,7 @@ def test_two_segment_flows_at_once_split_the_work(db_url, shared_data, tmp_path)
         line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
         results.append(json.loads(line[len("RESULT "):]))
     assert results[0]["done"] + results[1]["done"] == len(paths)
-    assert results[0]["done"] > 0 and results[1]["done"] > 0, "one worker did all the work"
+    assert results[0]["done"] > 0 and results[1]["done"] > 0, f"one worker did all the work: {results}"
     counts = _segmentation_counts(db_url)
     assert len(counts) == len(paths) and set(counts.values()) == {1}, "an image was segmented twice"
 
