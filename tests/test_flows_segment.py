@@ -53,6 +53,20 @@ def _images(url: str) -> list:
         return list(s.execute(sa.select(Image).order_by(Image.id)).scalars().all())
 
 
+def _latest_artifact(key: str):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read():
+        async with get_client() as client:
+            arts = await client.read_latest_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return arts[0]
+
+    return asyncio.run(read())
+
+
 def _pipeline(url, source, tmp_path, **kw):
     from flows.pipeline import moderation_pipeline
 
@@ -85,6 +99,14 @@ def test_run_over_shared_data_stores_one_segmentation_per_image(db_url, shared_d
     assert seg["seconds_per_image_per_stage"]
     # overlays on disk, one per image
     assert len(list((tmp_path / "out" / "overlays").glob("*.jpg"))) == len(paths)
+    # what a person reads on the dashboard: the progress artifact at 100%, the summary table
+    progress = _latest_artifact("segment-progress")
+    assert progress.type == "progress" and float(progress.data) == 100.0
+    table = _latest_artifact("segment-summary")
+    assert table.type == "table"
+    text = str(table.data)
+    for needle in ("images segmented", "images failed", "K = ", "seconds per image: total", "images per second"):
+        assert needle in text, needle
 
 
 def test_bad_inputs_fail_alone_with_reasons_and_nothing_runs_twice(db_url, shared_data, tmp_path, monkeypatch):
