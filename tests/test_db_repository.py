@@ -328,3 +328,14 @@ def test_timestamps_are_timezone_aware_utc(session):
     img = session.scalars(select(Image)).one()
     assert img.created_at.utcoffset() == dt.timedelta(0)
     assert abs(img.created_at - dt.datetime.now(dt.timezone.utc)) < dt.timedelta(minutes=5)
+
+
+def test_stored_total_seconds_is_the_engines_total(session):
+    register_images(session, inputs(1))
+    run = start_run(session, {"backbone": "classic"}, orchestrator_run_id="flow-t", worker_id="w-a")
+    (claimed,) = claim_batch(session, "w-a", 1, lease_seconds=60)
+    seg = make_segmentation()
+    seg.diagnostics.timings = {"backbone": 0.5, "crf": 0.25, "total": 0.8}
+    seg_id = store_segmentation(session, claimed.id, run, seg, "w-a")
+    # the stages plus `total` would sum to 1.55: the stored figure is the engine's own total
+    assert session.get(SegRow, seg_id).total_seconds == pytest.approx(0.8)

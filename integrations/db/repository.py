@@ -542,6 +542,15 @@ def store_segmentations(
     return ids
 
 
+def _total_seconds(timings: dict[str, float]) -> float | None:
+    """The engine's own total; summing the stages would count `total` twice."""
+    if not timings:
+        return None
+    if "total" in timings:
+        return float(timings["total"])
+    return float(sum(timings.values()))
+
+
 def _segmentation_row(image_id: int, run_id: int, seg: Segmentation, worker_id: str | None) -> SegmentationRow:
     d = seg.diagnostics
     mask = encode_mask(seg.labels)
@@ -553,7 +562,7 @@ def _segmentation_row(image_id: int, run_id: int, seg: Segmentation, worker_id: 
         elbow_k=None if d.elbow_k is None else int(d.elbow_k),
         k_rule=d.k_rule,
         device=d.device,
-        total_seconds=float(sum(d.timings.values())) if d.timings else None,
+        total_seconds=_total_seconds(d.timings),
         mask=mask.data,
         mask_codec=mask.codec,
         mask_height=mask.height,
