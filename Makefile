@@ -1,5 +1,5 @@
 # The two commands a fresh machine needs (see README):
-#   make demo   – set up .venv and run the main job on the bundled sample images
+#   make demo   – set up .venv, start a local Label Studio, run the main job on the sample images, push for review
 #   make test   – set up .venv and run the test suite
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/clasp run --samples --out demo-output
+	$(VENV)/bin/clasp run --samples --out demo-output --label-studio-demo
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

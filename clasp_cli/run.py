@@ -5,6 +5,12 @@ Runs the `moderation_pipeline` Prefect flow against a local Prefect backend
 `.clasp/prefect`), registers SOURCE, segments everything waiting, stores masks
 and diagnostics in the database, writes overlay images, and pushes the
 proposals to Label Studio when LABEL_STUDIO_URL (and a token) are set.
+
+`--label-studio-demo` (what `make demo` runs) first starts the local Label Studio
+of `clasp label-studio start` (or reuses the running one), pushes into the
+project "CLASP demo", and prints where to open it and the login (never the
+token). If that server cannot be installed or started, the pipeline still
+segments and stores, and says loudly why nothing was pushed.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ QUIET_PREFECT_ENV = {
 }
 
 
+DEMO_PROJECT = "CLASP demo"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", nargs="?", help="folder, glob, file of URIs (one a line) or one image URI/path")
     parser.add_argument("--samples", action="store_true", help="use the sample photos bundled with dependencies")
@@ -43,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-studio-url", help="Label Studio base URL (default LABEL_STUDIO_URL)")
     parser.add_argument("--label-studio-token-file", help="file holding the Label Studio token "
                         "(default LABEL_STUDIO_API_KEY, or LABEL_STUDIO_API_KEY_FILE); never pass a token on the command line")
+    parser.add_argument("--label-studio-demo", action="store_true",
+                        help="start (or reuse) the local Label Studio on 127.0.0.1 first, push into it "
+                        f"(project {DEMO_PROJECT!r} unless --project) and print the URL and login")
     parser.add_argument("--no-overlays", action="store_true", help="do not write overlay images")
     parser.add_argument("--hash-content", action="store_true",
                         help="read and hash images at registration: the same bytes under two names count once")
@@ -65,7 +77,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.source and not args.samples:
         print("clasp run: give a SOURCE (folder, glob, URI list) or --samples", file=sys.stderr)
         return 2
+    if args.label_studio_demo and (args.label_studio_url or args.label_studio_token_file or args.no_review):
+        print("clasp run: --label-studio-demo starts its own Label Studio: "
+              "not with --label-studio-url, --label-studio-token-file or --no-review", file=sys.stderr)
+        return 2
     prepare_environment()
+    demo = start_label_studio_demo() if args.label_studio_demo else None
+    if demo is not None:
+        args.project = args.project or DEMO_PROJECT
     # The flows read Label Studio settings from the environment (as deployed workers do).
     if args.label_studio_url:
         os.environ["LABEL_STUDIO_URL"] = args.label_studio_url
@@ -111,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             database_url=settings.database_url,
             output_dir=str(settings.output_dir),
             overlays=not args.no_overlays,
-            review=not args.no_review,
+            review=not args.no_review and not (demo is not None and "error" in demo),
             hash_content=args.hash_content,
             return_state=True,
         )
@@ -119,11 +138,55 @@ def run(args: argparse.Namespace) -> int:
         print(f"clasp run: the pipeline ended {state.type.value}: {state.message}", file=sys.stderr)
         return 1
     result = state.result()
+    if demo is not None and "error" in demo:
+        result["review"] = {"skipped": True, "reason": f"the local Label Studio did not start ({demo['error']})"}
+    if demo is not None:
+        result["label_studio_demo"] = {k: v for k, v in demo.items() if k != "password"}
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
         print(describe(result, settings, overlays=not args.no_overlays))
+        if demo is not None:
+            print(describe_demo(demo, result))
+    if demo is not None and "error" in demo:
+        print(f"\nclasp run: WARNING: nothing was pushed for review: the local Label Studio did not start: "
+              f"{demo['error']}\n(segmentation and storage are done; `clasp label-studio start` to retry)",
+              file=sys.stderr)
     return 0
+
+
+def start_label_studio_demo() -> dict:
+    """Start or reuse the local Label Studio and point this process at it; on failure, say why and go on."""
+    from integrations.label_studio import server
+
+    print("clasp run: starting the local Label Studio on 127.0.0.1 (reused if running; the first start installs "
+          "it into .venv-label-studio, ~70 s, then ~30 s to create its database) ...", file=sys.stderr, flush=True)
+    try:
+        creds = server.start_demo(timeout=300)
+    except Exception as exc:  # noqa: BLE001 - no registry, no python3 venv, busy port, server crash ...
+        message = " ".join(str(exc).split())[-600:] or type(exc).__name__
+        print(f"\nclasp run: WARNING: the local Label Studio did not start: {message}\n"
+              "clasp run: segmenting anyway; the review push is skipped\n", file=sys.stderr, flush=True)
+        return {"error": message}
+    print(f"clasp run: Label Studio is up at {creds.url}", file=sys.stderr, flush=True)
+    return {"url": creds.url, "username": creds.username, "password": creds.password,
+            "password_file": str(Path(creds.token_file).parent / "password")}
+
+
+def describe_demo(demo: dict, result: dict) -> str:
+    if "error" in demo:
+        return ("\nLabel Studio: NOT STARTED, nothing pushed for review\n"
+                f"  why          {demo['error']}\n"
+                "  retry        .venv/bin/clasp label-studio start   (then run this again: it pushes what is segmented)")
+    push = result.get("push", {})
+    return "\n".join([
+        "",
+        "Review the proposals in Label Studio (local, 127.0.0.1 only):",
+        f"  open         {push.get('project_url') or demo['url']}",
+        f"  login        {demo['username']}",
+        f"  password     {demo['password']}",
+        "  stop it      .venv/bin/clasp label-studio stop   (it keeps running after this command)",
+    ])
 
 
 def describe(result: dict, settings, overlays: bool = True) -> str:
