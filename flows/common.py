@@ -14,7 +14,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from clasp_engine import SegmenterConfig
@@ -184,56 +183,22 @@ def display_url(url: str) -> str:
     return _display(url)
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-
-
 def source_uris(source: str, limit: int | None = None) -> list[str]:
     """The image URIs a source names: a folder (recursive), a glob, a text file of URIs, or one URI."""
-    from integrations import sources
+    from integrations.ingest import expand_source
 
-    expand = getattr(sources, "expand_source", None) or getattr(sources, "list_source", None)
-    if expand is not None:
-        uris = [str(u) for u in expand(source)]
-    else:
-        uris = _expand(source)
+    uris = expand_source(source)
     return uris[:limit] if limit is not None else uris
-
-
-def _expand(source: str) -> list[str]:
-    import glob
-
-    from integrations.sources import normalize_uri, scheme_of
-
-    if scheme_of(source) and not source.startswith("file:"):
-        return [source]
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return [str(p.resolve()) for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-    if path.is_file() and path.suffix.lower() in (".txt", ".lst", ".uris"):
-        lines = [ln.strip() for ln in path.read_text().splitlines()]
-        return [normalize_uri(ln) for ln in lines if ln and not ln.startswith("#")]
-    if any(ch in source for ch in "*?["):
-        return [str(Path(p).resolve()) for p in sorted(glob.glob(source, recursive=True)) if Path(p).is_file()]
-    return [normalize_uri(source)]
 
 
 def fetch_for_registration(uris: list[str], s: Settings, threads: int = 8) -> list[Any]:
     """Read, hash and decode-check each URI (I/O in a thread pool): ImageInput rows, with the reason when unreadable."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from integrations.db.repository import ImageInput
-    from integrations.sources import fetch_image, normalize_uri
-
-    def one(uri: str) -> ImageInput:
-        uri = normalize_uri(uri)
-        try:
-            img = fetch_image(uri, s, keep_image=False)
-            return ImageInput(uri=uri, content_sha256=img.sha256, size_bytes=img.size, width=img.width, height=img.height)
-        except Exception as exc:  # SourceError carries the reason
-            return ImageInput(uri=uri, error=str(getattr(exc, "reason", None) or exc))
+    from integrations.ingest import read_for_registration
 
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(uris)))) as pool:
-        return list(pool.map(one, uris))
+        return list(pool.map(lambda uri: read_for_registration(uri, s), uris))
 
 
 def register_images(session: Any, items: list[Any]) -> dict[str, int]:
