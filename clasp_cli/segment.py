@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -97,7 +99,12 @@ def run(args: argparse.Namespace) -> int:
         config = SegmenterConfig.from_env(backbone=args.backbone, weights=args.weights, variant=args.variant,
                                           max_side=args.max_side, k=args.k, device=args.device,
                                           features=args.features)
-        segmenter = Segmenter(config)
+        # The engine warns (warnings + logging) for library users; here the CLI
+        # prints each of segmenter.warnings once itself, below.
+        logging.getLogger("clasp_engine").addHandler(logging.NullHandler())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            segmenter = Segmenter(config)
     except ClaspError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -107,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
           + (f" sha256 {bb.weights.sha256[:12]}" if bb.weights.sha256 else ""))
     for w in segmenter.warnings:
         loud = any(word in w.lower() for word in ("random", "fallback", "falling back"))
-        print(f"WARNING: {w.upper() if loud else w}", file=sys.stderr)
+        banner = "!" * 72 + "\n" if loud else ""
+        print(f"{banner}WARNING: {w}\n{banner}", file=sys.stderr)
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
