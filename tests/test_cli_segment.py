@@ -67,7 +67,7 @@ def test_segment_folder_writes_files_and_corrupt_file_fails(tmp_path, fake_backb
     assert code == 1
     assert "b.jpg" in captured.err and "error" in captured.err
     assert fake_backbone[0].max_side == 128 and fake_backbone[0].variant == "patch"  # env + flags
-    assert "RANDOM WEIGHTS" in captured.err and "weights: random" in captured.out
+    assert "!" * 72 + "\nWARNING: random weights" in captured.err and "weights: random" in captured.out
     for stem in ("a", "c"):
         labels = np.asarray(Image.open(out / f"{stem}.png"))
         assert labels.dtype == np.uint8 and labels.shape == (96, 128)
