@@ -3,8 +3,10 @@
 Chromium is Debian's `chromium` package (installed with apt-get when missing; no
 browser download). It is driven over the DevTools protocol with `websockets`
 (already a dependency through prefect): set the session cookie of a login, open
-the task, capture a screenshot, check its pixels. The screenshot is kept in
-test-artifacts/label_studio_review.png.
+the task, capture a screenshot, check its pixels. The screenshots are kept in
+test-artifacts/: label_studio_review.png (a synthetic two-colour image, one region)
+and label_studio_review_sample.png (a bundled sample photo segmented by the real
+engine, every proposal region drawn over it).
 """
 
 from __future__ import annotations
@@ -117,6 +119,49 @@ def session_cookies(server) -> dict[str, str]:
     return cookies
 
 
+def open_task_screenshot(server, chromium: str, project_id: int, task_id: int, out: Path, ready,
+                         timeout: float = 90, probe: str | None = None):
+    """Log in, open the task in the editor, screenshot until `ready(pixels)`; keep the last one in `out`.
+
+    Returns the value of the JavaScript expression `probe` evaluated on the final page (or None).
+    """
+    creds = server.credentials()
+    cookies = session_cookies(server)
+    profile = tempfile.mkdtemp(prefix="clasp-chromium-")
+    proc = start_chromium(chromium, profile)
+    probed = None
+    try:
+        cdp = CDP(devtools_page(profile, proc))
+        for name, value in cookies.items():
+            cdp.call("Network.setCookie", name=name, value=value, url=creds.url)
+        cdp.call("Page.enable")
+        cdp.call("Page.navigate", url=f"{creds.url}/projects/{project_id}/data?task={task_id}")
+        deadline = time.monotonic() + timeout
+        shot = None
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            png = base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"])
+            px = np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB"))
+            if ready(px):
+                time.sleep(1.5)  # let the editor settle, then take the one we keep
+                png = base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"])
+                shot = png
+                break
+            shot = png
+        out.write_bytes(shot or b"")
+        if probe:
+            probed = cdp.eval(probe)
+        cdp.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(profile, ignore_errors=True)
+    return probed
+
+
 def tinted(px: np.ndarray) -> np.ndarray:
     """Pixels where the magenta `region` colour is blended over the green image."""
     r, g, b = (px[..., i].astype(int) for i in range(3))
@@ -145,37 +190,10 @@ def test_reviewer_sees_proposals_over_the_image(label_studio_server, chromium, a
         assert r.ok and r.image_modes == {"local-files": 1}
         task_id = (r.sent or r.existing)[0].task_id
 
-    cookies = session_cookies(label_studio_server)
-    profile = tempfile.mkdtemp(prefix="clasp-chromium-")
-    proc = start_chromium(chromium, profile)
-    try:
-        cdp = CDP(devtools_page(profile, proc))
-        for name, value in cookies.items():
-            cdp.call("Network.setCookie", name=name, value=value, url=creds.url)
-        cdp.call("Page.enable")
-        cdp.call("Page.navigate", url=f"{creds.url}/projects/{project.id}/data?task={task_id}")
-        deadline = time.monotonic() + 90
-        shot = None
-        while time.monotonic() < deadline:
-            time.sleep(2)
-            png = base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"])
-            px = np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB"))
-            if tinted(px).sum() > 2000 and green(px).sum() > 500:
-                time.sleep(1.5)  # let the editor settle, then take the one we keep
-                png = base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"])
-                px = np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB"))
-                shot = png
-                break
-            shot = png
-        (artifacts_dir / "label_studio_review.png").write_bytes(shot or b"")
-        cdp.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(profile, ignore_errors=True)
+    open_task_screenshot(
+        label_studio_server, chromium, project.id, task_id, artifacts_dir / "label_studio_review.png",
+        ready=lambda px: tinted(px).sum() > 2000 and green(px).sum() > 500,
+    )
 
     px = np.asarray(PILImage.open(artifacts_dir / "label_studio_review.png").convert("RGB"))
     t, g = tinted(px), green(px)
@@ -192,3 +210,60 @@ def test_reviewer_sees_proposals_over_the_image(label_studio_server, chromium, a
     assert tc.size and gc.size and np.median(tc) < np.median(gc)
     width_t, width_g = tc.max() - tc.min() + 1, gc.max() - gc.min() + 1
     assert 1.4 < width_t / width_g < 2.8, (width_t, width_g)  # 2/3 vs 1/3 of the displayed image
+
+
+# Every proposal region carries the neutral label `region` (the taxonomy's
+# magenta), so all regions of a task have the same colour in the editor: the check
+# is that they cover the photo (a partition of the image), with the photo visible
+# under them, and that the editor's Regions panel lists every one of them.
+REGIONS_IN_EDITOR = "document.querySelectorAll('[class*=\"node_type_brushregion\"]').length"
+
+
+def test_reviewer_sees_engine_proposals_over_a_sample_photo(label_studio_server, chromium, artifacts_dir):
+    from clasp_engine import Segmenter, SegmenterConfig
+    from integrations.samples import sample_image_paths
+
+    photo = next(p for p in sample_image_paths() if p.name == "grace_hopper.jpg")  # 5 segments (china.jpg: 2)
+    seg = Segmenter(SegmenterConfig(backbone="classic", variant="pixel"))(str(photo))
+    assert seg.k >= 3, f"the engine found only {seg.k} regions in {photo.name}"
+    raw = np.asarray(PILImage.open(photo).convert("RGB"))
+    assert raw.shape[:2] == seg.labels.shape
+    assert tinted(raw).mean() < 0.02  # the photo itself has (almost) no magenta: the tint is the overlay
+
+    creds = label_studio_server.credentials()
+    with LabelStudioClient(creds.url, creds.token()) as ls:
+        project = ls.find_or_create_project("CLASP browser test: sample photo", LabelingConfig().xml())
+        r = push_segmentations(
+            ls, project, [PushItem(2, str(photo), seg.labels, "browser-test-sample")],
+            resolver=ImageResolver(mode="local-files", document_root=REPO_ROOT.parent),
+        )
+        assert r.ok and r.image_modes == {"local-files": 1}, r.summary()
+        assert r.summary()["regions"] == seg.k, r.summary()  # one brush region per segment
+        task_id = (r.sent or r.existing)[0].task_id
+
+    out = artifacts_dir / "label_studio_review_sample.png"
+    n_items = open_task_screenshot(
+        label_studio_server, chromium, project.id, task_id, out,
+        ready=lambda px: tinted(px).sum() > 50_000, probe=REGIONS_IN_EDITOR,
+    )
+
+    px = np.asarray(PILImage.open(out).convert("RGB"))
+    t = tinted(px)
+    assert t.sum() > 50_000, f"no proposal regions drawn over the photo (tinted pixels: {t.sum()}); see {out}"
+    # the editor's canvas: rows and columns where the overlay is substantial (the label
+    # buttons and the data manager's untinted thumbnail fall outside)
+    rows = np.flatnonzero(t.sum(1) > 0.3 * t.sum(1).max())
+    cols = np.flatnonzero(t.sum(0) > 0.3 * t.sum(0).max())
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    h, w = bottom - top, right - left
+    aspect, expected = w / h, raw.shape[1] / raw.shape[0]
+    assert abs(aspect - expected) < 0.1 * expected, f"overlay box {w}x{h} is not the photo's shape ({raw.shape[1]}x{raw.shape[0]})"
+    cover = t[top:bottom, left:right].mean()
+    assert cover > 0.85, f"the regions cover only {cover:.0%} of the displayed photo; see {out}"
+    # the photo is visible under the overlay: the displayed brightness follows the photo's
+    shown = px[top:bottom, left:right].astype(float).mean(2)
+    ref = np.asarray(PILImage.fromarray(raw).resize((w, h), PILImage.BILINEAR)).astype(float).mean(2)
+    corr = np.corrcoef(shown.ravel(), ref.ravel())[0, 1]
+    assert corr > 0.6, f"the displayed image does not look like {photo.name} (correlation {corr:.2f}); see {out}"
+    assert n_items == seg.k, f"the editor lists {n_items} brush regions, the engine proposed {seg.k}; see {out}"
+    print(f"overlay box {w}x{h}, covered {cover:.0%}, correlation with the photo {corr:.2f}, region items {n_items}")

@@ -61,3 +61,53 @@ def test_clasp_status_on_an_empty_folder(tmp_path):
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["images"] == {}
+
+
+# --- `clasp run --label-studio-demo` (what `make demo` runs) ---
+# The command would start the demo server in .clasp/label-studio; here `start_demo` is
+# replaced (in the subprocess) by one that points at the session's test server, or fails.
+
+_DEMO_WRAPPER = """
+import os, sys
+from pathlib import Path
+from integrations.label_studio import server
+
+def fake_start_demo(**kw):
+    if os.environ.get("T_LS_FAIL"):
+        raise server.ServerError("installing Label Studio into .venv-label-studio failed (exit 1): no registry")
+    srv = server.LocalLabelStudio(Path(os.environ["T_LS_DATA"]), port=int(os.environ["T_LS_PORT"]))
+    os.environ.update(srv.env())
+    return srv.credentials()
+
+server.start_demo = fake_start_demo
+from clasp_cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+_DEMO_ARGS = ["run", "--samples", "--label-studio-demo", "--backbone", "classic", "--variant", "pixel",
+              "--max-side", "160", "--project", "CLASP demo (test)"]
+
+
+@pytest.mark.label_studio
+def test_label_studio_demo_pushes_and_prints_the_login(tmp_path, label_studio_server):
+    env = {**_env(), "T_LS_DATA": str(label_studio_server.data_dir), "T_LS_PORT": str(label_studio_server.port)}
+    run = subprocess.run([sys.executable, "-c", _DEMO_WRAPPER, *_DEMO_ARGS], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=420)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    creds = label_studio_server.credentials()
+    out = run.stdout
+    assert "segmented     3" in out and "(3 pushed)" in out
+    assert f"open         {creds.url}/projects/" in out
+    assert f"login        {creds.username}" in out and f"password     {creds.password}" in out
+    assert "clasp label-studio stop" in out
+    assert creds.token() not in run.stdout + run.stderr
+
+
+def test_label_studio_demo_that_cannot_start_still_segments(tmp_path):
+    env = {**_env(), "T_LS_FAIL": "1"}
+    run = subprocess.run([sys.executable, "-c", _DEMO_WRAPPER, *_DEMO_ARGS], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=420)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "segmented     3" in run.stdout
+    assert "NOT STARTED, nothing pushed for review" in run.stdout and "no registry" in run.stdout
+    assert "WARNING: nothing was pushed for review" in run.stderr
+    assert "password" not in run.stdout
