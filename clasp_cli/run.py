@@ -217,6 +217,8 @@ def describe(result: dict, settings, overlays: bool = True) -> str:
     if "push" in result:
         push = result["push"]
         lines.append(f"  Label Studio  {push.get('project_url') or settings.label_studio_url}  ({push.get('pushed', '?')} pushed)")
+        if push.get("image_mode"):
+            lines.append(f"                {push['image_mode']}")
     else:
         lines.append(f"  Label Studio  not used: {result.get('review', {}).get('reason', '')}")
     home = os.environ.get("PREFECT_HOME")

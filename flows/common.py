@@ -221,16 +221,22 @@ def push_segmentations(database_url: str, project: str, limit: int | None, batch
     from integrations.label_studio.client import LabelStudioClient
     from integrations.label_studio.config import LabelingConfig
     from integrations.label_studio.images import ImageResolver
+    from integrations.label_studio.predictions import RegionPolicy
 
     s = settings()
     labeling = LabelingConfig()
+    resolver = ImageResolver.from_env()
+    policy = RegionPolicy(
+        min_area=s.label_studio_min_area, small=s.label_studio_small_segments, max_regions=s.label_studio_max_regions
+    )
     with LabelStudioClient.from_settings(s) as client:
         proj = client.find_or_create_project(project, labeling.xml())
         with session(database_url) as db:
             result = push_for_review(
-                db, client, proj, limit=limit, labeling=labeling, resolver=ImageResolver.from_env(), batch_size=batch_size
+                db, client, proj, limit=limit, labeling=labeling, policy=policy, resolver=resolver, batch_size=batch_size
             )
     out = result.summary()
+    out["image_mode"] = resolver.describe()
     out["project_url"] = label_studio_project_url(client.url, proj.id)
     out["pushed"] = out.get("sent", 0)
     return out

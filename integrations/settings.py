@@ -9,6 +9,7 @@ Environment names: `CLASP_<FIELD>`, except Label Studio's own
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,12 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("LABEL_STUDIO_API_KEY_FILE", "CLASP_LABEL_STUDIO_API_KEY_FILE")
     )
     label_studio_project: str = "CLASP moderation review"
+    # Regions per review task: segments under min_area pixels are merged into their
+    # longest-border neighbour (or dropped), and at most max_regions are sent, because
+    # many brush regions make Label Studio's editor slow.
+    label_studio_min_area: int = Field(0, ge=0)
+    label_studio_small_segments: Literal["merge", "drop"] = "merge"
+    label_studio_max_regions: int = Field(40, ge=1)
 
     def label_studio_token(self) -> SecretStr | None:
         """The token from the environment, else from the file named by LABEL_STUDIO_API_KEY_FILE."""

@@ -56,6 +56,8 @@ def test_pipeline_pushes_to_label_studio_and_syncs_reviews(label_studio_server, 
     monkeypatch.setenv("LABEL_STUDIO_URL", creds.url)
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", creds.token())
     monkeypatch.setenv("CLASP_LABEL_STUDIO_DOCUMENT_ROOT", str(REPO.parent))  # serve ../shared/data as local files
+    # K is at least 2, so a cap of one region per task must merge on every task.
+    monkeypatch.setenv("CLASP_LABEL_STUDIO_MAX_REGIONS", "1")
     project = f"CLASP flows test {tmp_path.name}"
     paths = fs.shared_images(shared_data, limit=3)
 
@@ -75,8 +77,14 @@ def test_pipeline_pushes_to_label_studio_and_syncs_reviews(label_studio_server, 
             link = s.execute(sa.select(ReviewLink).order_by(ReviewLink.id)).scalars().first()
             task_id, image_id = link.ls_task_id, link.image_id
 
+        assert "local-files" in push["image_mode"]
+
         # A reviewer accepts the proposal of one task as it is.
         with LabelStudioClient(creds.url, creds.token()) as client:
+            with common.session(url) as s:
+                task_ids = list(s.execute(sa.select(ReviewLink.ls_task_id)).scalars())
+            region_counts = [len(client.task_predictions(t)[0]["result"]) for t in task_ids]
+            assert region_counts == [1, 1, 1], region_counts  # CLASP_LABEL_STUDIO_MAX_REGIONS reached the push
             prediction = client.task_predictions(task_id)[0]
             client.create_annotation(task_id, prediction["result"])
 
