@@ -54,7 +54,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if length:
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client hung up on purpose (size cap, timeout): expected, not a server error
 
     def do_GET(self):  # noqa: N802
         p = self.path
