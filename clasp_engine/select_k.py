@@ -183,13 +183,8 @@ def select_k(eigenvalues: np.ndarray, eigenvectors: torch.Tensor, *, k: int | No
         return KSelection(k=1, rule="single", elbow_k=elbow, eigengaps=gaps, elbow_distances=distances)
     candidates = candidate_window(elbow, window, k_min, upper)
     clusterings: dict[int, Clustering] = {}
-    if len(candidates) == 1:
-        chosen = candidates[0]
-        scores = silhouette_search(eigenvectors, candidates, seed, eigenvalues=lam, clusterings=clusterings)
-        rule = "elbow"
-    else:
-        scores = silhouette_search(eigenvectors, candidates, seed, eigenvalues=lam, clusterings=clusterings)
-        chosen = max(candidates, key=lambda c: (scores[c], -c))
-        rule = "silhouette"
+    scores = silhouette_search(eigenvectors, candidates, seed, eigenvalues=lam, clusterings=clusterings)
+    chosen = max(candidates, key=lambda c: (scores[c], -c))
+    rule = "elbow" if len(candidates) == 1 else "silhouette"
     return KSelection(k=chosen, rule=rule, elbow_k=elbow, eigengaps=gaps, elbow_distances=distances,
                       silhouette=scores, clustering=clusterings[chosen])
