@@ -255,16 +255,15 @@ def _dense(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return inv.reshape(-1), int(ids.size)
 
 
-def covering_terms(gt: np.ndarray, pred: np.ndarray) -> tuple[float, int]:
+def covering_terms(table: np.ndarray) -> tuple[float, int]:
     """(Σ_R |R| · max_S IoU(R, S), Σ_R |R|) over the regions R of one annotator.
 
-    ``gt`` and ``pred`` are flat arrays of the same (already masked) pixels.
+    ``table`` is the contingency table of the annotator's regions (rows) against
+    the predicted segments (columns) over the same (already masked) pixels.
     """
-    g, ng = _dense(gt)
-    p, npred = _dense(pred)
-    if g.size == 0:
+    if table.size == 0:
         return 0.0, 0
-    table = contingency(g, p, ng, npred).astype(np.float64)
+    table = np.asarray(table, dtype=np.float64)
     area_g = table.sum(axis=1)
     area_p = table.sum(axis=0)
     union = area_g[:, None] + area_p[None, :] - table
@@ -322,7 +321,7 @@ def region_scores(pred: np.ndarray, gts: list[np.ndarray], ignore: int | None = 
         table = contingency(g, p, ng, npred)
         ri.append(rand_index(table))
         vi.append(variation_of_information(table))
-        num, den = covering_terms(gt[valid], pred[valid])
+        num, den = covering_terms(table)
         cov_num += num
         cov_den += den
         n_regions.append(ng)
@@ -420,14 +419,10 @@ class Protocol:
         """Shape of the maps that are compared, for an original image of height × width."""
         if self.score_size is not None:
             return self.score_size, self.score_size
-        if self.image_size is not None:
-            return self.image_size, self.image_size
-        if self.crop:
-            side = min(height, width)
-            return side, side
-        return height, width
+        return self.engine_shape(height, width)
 
     def engine_shape(self, height: int, width: int) -> tuple[int, int]:
+        """Shape of the image the engine is run on (see `engine_image`)."""
         if self.image_size is not None:
             return self.image_size, self.image_size
         if self.crop:
