@@ -222,9 +222,8 @@ def _pixel_confidences(labels: np.ndarray, clustering: Clustering, mapping: np.n
     height, width = labels.shape
     k = int(labels.max()) + 1
     inverse = np.argsort(mapping)[:k]  # new label -> old (clustering) label
-    ri = np.minimum((np.arange(height) * rows) // height, rows - 1)
-    ci = np.minimum((np.arange(width) * cols) // width, cols - 1)
-    patch_index = ri[:, None] * cols + ci[None, :]
+    # Flat index of the patch each pixel falls in: the same nearest mapping as the patch labels.
+    patch_index = upsample_labels(np.arange(rows * cols).reshape(rows, cols), height, width)
     old = inverse[labels.astype(np.int64)]
     p = clustering.probabilities[patch_index, np.minimum(old, clustering.k - 1)]
     sums = np.bincount(labels.ravel(), weights=p.ravel(), minlength=k)
