@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-IGNORE = 255
+from clasp_engine.metrics import IGNORE
 
 
 def _pyplot():
