@@ -191,22 +191,12 @@ def source_uris(source: str, limit: int | None = None) -> list[str]:
     return uris[:limit] if limit is not None else uris
 
 
-def fetch_for_registration(uris: list[str], s: Settings, threads: int = 8) -> list[Any]:
-    """Read, hash and decode-check each URI (I/O in a thread pool): ImageInput rows, with the reason when unreadable."""
-    from concurrent.futures import ThreadPoolExecutor
+def register_images(session: Any, uris: list[str], s: Settings, hash_content: bool = False) -> dict[str, int]:
+    """Register URIs as waiting, idempotently, in one transaction; with `hash_content` each image is
+    read, hashed and decode-checked first (8 threads), an unreadable one recorded with its reason."""
+    from integrations.ingest import ingest_uris
 
-    from integrations.ingest import read_for_registration
-
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(uris)))) as pool:
-        return list(pool.map(lambda uri: read_for_registration(uri, s), uris))
-
-
-def register_images(session: Any, items: list[Any]) -> dict[str, int]:
-    """Register URIs (or ImageInput rows) as waiting; idempotent."""
-    from integrations.db import repository as repo
-    from integrations.sources import normalize_uri
-
-    result = repo.register_images(session, [normalize_uri(u) if isinstance(u, str) else u for u in items])
+    result = ingest_uris(session, uris, s, lazy=not hash_content, jobs=8, chunk=len(uris))
     counts = result.counts()
     return {"registered": counts["new"], "already_known": counts["known"], "unreadable": counts["unreadable"]}
 

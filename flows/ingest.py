@@ -25,12 +25,8 @@ from flows import common
 )
 def register(database_url: str, uris: list[str], hash_content: bool = False) -> dict[str, Any]:
     """Register a chunk of URIs; with `hash_content`, read each image first (dedupe by content)."""
-    if hash_content:
-        inputs = common.fetch_for_registration(uris, common.settings())
-    else:
-        inputs = uris
     with common.session(database_url) as session:
-        return common.register_images(session, inputs)
+        return common.register_images(session, uris, common.settings(), hash_content)
 
 
 @task(name="list-source", cache_policy=NO_CACHE)

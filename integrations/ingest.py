@@ -103,9 +103,10 @@ def ingest_uris(
     *,
     lazy: bool = False,
     jobs: int = 4,
+    chunk: int = CHUNK,
     on_progress: Callable[[int, RegisterResult], None] | None = None,
 ) -> IngestResult:
-    """Register `uris` (read in `jobs` threads, committed every 100 images).
+    """Register `uris` (read in `jobs` threads, committed every `chunk` images, default 100).
 
     lazy: register without reading (hash unknown; workers read them later).
     on_progress(n_done_in_this_step, totals_so_far) is called as images are handled.
@@ -113,14 +114,15 @@ def ingest_uris(
     settings = settings or Settings()
     uris = list(uris)
     out = IngestResult()
+    step = max(1, chunk)
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        for start in range(0, len(uris), CHUNK):
-            chunk = uris[start : start + CHUNK]
+        for start in range(0, len(uris), step):
+            part = uris[start : start + step]
             if lazy:
-                items = [ImageInput(uri=normalize_uri(u)) for u in chunk]
+                items = [ImageInput(uri=normalize_uri(u)) for u in part]
             else:
                 items = []
-                for item in pool.map(lambda u: read_for_registration(u, settings), chunk):
+                for item in pool.map(lambda u: read_for_registration(u, settings), part):
                     items.append(item)
                     if on_progress:
                         on_progress(1, out.registered)
@@ -128,5 +130,5 @@ def ingest_uris(
             out.reasons.update({i.uri: i.error for i in items if i.error})
             out.registered.merge(result)
             if on_progress:
-                on_progress(len(chunk) if lazy else 0, out.registered)
+                on_progress(len(part) if lazy else 0, out.registered)
     return out
