@@ -6,29 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import clasp_engine.segmenter as segmenter_module
 from clasp_cli.main import main
-from clasp_engine.backbones.base import WeightsInfo
 
-
-class FakeBackbone:
-    name = "fake"
-    patch_size = 8
-
-    def __init__(self):
-        self.weights = WeightsInfo("random")
-        self.device = torch.device("cpu")
-
-    def patch_features(self, images):
-        out = []
-        for im in images:
-            h, w = im.shape[:2]
-            m = im.reshape(h // 8, 8, w // 8, 8, 3).astype(np.float32).mean(axis=(1, 3)) / 255.0
-            out.append(torch.from_numpy(np.concatenate([m, 1 - m], -1)))
-        return out
+from engine_support import FakeBackbone
 
 
 @pytest.fixture
@@ -38,7 +21,7 @@ def fake_backbone(monkeypatch):
 
     def make(config=None, backbone=None):
         seen.append(config)
-        return real(config, backbone=FakeBackbone())
+        return real(config, backbone=FakeBackbone("random"))
 
     monkeypatch.setattr(segmenter_module, "Segmenter", make)
     return seen

@@ -4,34 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from clasp_engine import SegmenterConfig
-from clasp_engine.backbones.base import WeightsInfo
 from clasp_engine.result import Diagnostics
 from clasp_engine.segmenter import STAGES, Segmenter
 
-
-class FakeBackbone:
-    """Per-patch mean colour and its complement (never a zero vector)."""
-
-    name = "fake"
-    patch_size = 8
-
-    def __init__(self, kind: str = "none"):
-        self.weights = WeightsInfo(kind)
-        self.device = torch.device("cpu")
-        self.calls: list[int] = []
-
-    def patch_features(self, images):
-        self.calls.append(len(images))
-        out = []
-        for im in images:
-            h, w = im.shape[:2]
-            p = self.patch_size
-            m = im.reshape(h // p, p, w // p, p, 3).astype(np.float32).mean(axis=(1, 3)) / 255.0
-            out.append(torch.from_numpy(np.concatenate([m, 1 - m], -1)))
-        return out
+from engine_support import FakeBackbone
 
 
 def scene(h: int = 150, w: int = 230, seed: int = 0) -> np.ndarray:
