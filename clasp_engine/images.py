@@ -138,8 +138,14 @@ def _check_size(name: str, width: int, height: int, max_pixels: int | None) -> N
         )
 
 
+def _too_many_pixels(name: str, exc: Exception) -> InvalidImageError:
+    return InvalidImageError(
+        name, f"too many pixels, refused as a possible decompression bomb ({exc}); downscale the image"
+    )
+
+
 def _decode(fh: Any, name: str, max_pixels: int | None) -> np.ndarray:
-    """Open an encoded image, check its header size, then force a full decode."""
+    """Open an encoded image (header only), then check its size and decode it fully (`_from_pil`)."""
     with warnings.catch_warnings():
         # PIL warns (and above twice its limit raises) for huge images; treat both as errors.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -150,27 +156,22 @@ def _decode(fh: Any, name: str, max_pixels: int | None) -> np.ndarray:
                 name, "not a recognised image format; pass a JPEG, PNG, TIFF, BMP, GIF or WebP file"
             ) from exc
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InvalidImageError(
-                name, f"too many pixels, refused as a possible decompression bomb ({exc}); downscale the image"
-            ) from exc
+            raise _too_many_pixels(name, exc) from exc
         except (OSError, SyntaxError, ValueError) as exc:
             raise InvalidImageError(name, f"cannot open the image ({exc}); the file may be corrupt") from exc
         with img:
-            _check_size(name, img.width, img.height, max_pixels)
             return _from_pil(img, name, max_pixels)
 
 
 def _from_pil(img: Image.Image, name: str, max_pixels: int | None) -> np.ndarray:
-    _check_size(name, img.width, img.height, max_pixels)
+    _check_size(name, img.width, img.height, max_pixels)  # from the header, before decoding
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img.load()  # a full decode: truncated or corrupt data fails here, not later
             img = ImageOps.exif_transpose(img)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InvalidImageError(
-                name, f"too many pixels, refused as a possible decompression bomb ({exc}); downscale the image"
-            ) from exc
+            raise _too_many_pixels(name, exc) from exc
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise InvalidImageError(
                 name, f"truncated or corrupt image data ({exc}); re-export or re-download the file"
