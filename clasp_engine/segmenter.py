@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clasp_engine import __version__
 from clasp_engine.cluster import Clustering, spectral_embedding, spectral_kmeans
 from clasp_engine.config import SegmenterConfig
 from clasp_engine.graph import affinity, leading_eigenpairs
@@ -178,18 +179,12 @@ class Segmenter:
             patch_size=int(self.backbone.patch_size),
             device=str(self.backbone.device),
             timings={key: float(timings[key]) for key in STAGES},
-            engine_version=_engine_version(),
+            engine_version=__version__,
             config=cfg.to_dict(),
             warnings=warnings,
             solver=spectrum.solver,
         )
         return Segmentation(labels=labels, patch_labels=patch_labels, segments=segments, diagnostics=diagnostics)
-
-
-def _engine_version() -> str:
-    from clasp_engine import __version__
-
-    return __version__
 
 
 def _compact(labels: np.ndarray, patch_labels: np.ndarray, k_before: int
