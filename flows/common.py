@@ -264,6 +264,7 @@ def ensure_schema(database_url: str, upgrade: bool | None = None) -> Any:
 
 
 def counts_by_status(session: Any) -> dict[str, int]:
+    """Images per status, every status present (zeros included)."""
     from integrations.db import repository as repo
 
-    return {str(k): int(v) for k, v in repo.counts_by_status(session).items()}
+    return repo.counts_by_status(session)

@@ -30,7 +30,7 @@ def run_segment_deployment(deployment: str, parameters: dict[str, Any], index: i
     return {"flow_run_id": str(run.id), "name": run.name, "state": state.type.value if state else None}
 
 
-@task(name="status-counts", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30],
+@task(name="status-counts", cache_policy=NO_CACHE, retries=common.RETRIES, retry_delay_seconds=common.RETRY_DELAYS,
       retry_condition_fn=common.retry_if_transient)
 def status_counts(database_url: str) -> dict[str, int]:
     with common.session(database_url) as session:
