@@ -35,6 +35,7 @@ from integrations.db.models import (
     utcnow,
 )
 from integrations.db.models import Segmentation as SegmentationRow
+from integrations.db.repository import _chunks, _finish
 from integrations.label_studio.client import LabelStudioClient, LabelStudioUnavailable, Project
 from integrations.label_studio.config import LabelingConfig
 from integrations.label_studio.images import ImageResolver
@@ -88,16 +89,18 @@ def segmented_not_pushed(
 
 
 def push_items(session: Session, rows: list[tuple[Image, SegmentationRow, str]]) -> list[PushItem]:
-    items = []
-    for image, seg, mv in rows:
-        conf = {
-            int(lab): float(c)
-            for lab, c in session.execute(
-                select(SegmentRow.label, SegmentRow.confidence).where(SegmentRow.segmentation_id == seg.id)
+    conf: dict[int, dict[int, float]] = {}  # segmentation id -> label -> confidence
+    for chunk in _chunks([seg.id for _, seg, _ in rows]):
+        for sid, lab, c in session.execute(
+            select(SegmentRow.segmentation_id, SegmentRow.label, SegmentRow.confidence).where(
+                SegmentRow.segmentation_id.in_(chunk)
             )
-        }
-        items.append(PushItem(image.id, image.uri, (lambda s=seg: load_label_map(s)), mv, conf, seg.id))
-    return items
+        ):
+            conf.setdefault(sid, {})[int(lab)] = float(c)
+    return [
+        PushItem(image.id, image.uri, (lambda s=seg: load_label_map(s)), mv, conf.get(seg.id, {}), seg.id)
+        for image, seg, mv in rows
+    ]
 
 
 def record_links(session: Session, records: list[PushRecord], *, commit: bool = True) -> None:
@@ -105,22 +108,24 @@ def record_links(session: Session, records: list[PushRecord], *, commit: bool = 
     if not records:
         return
     now = utcnow()
+    image_ids = sorted({r.image_id for r in records})
+    links: dict[tuple[int, str], ReviewLink] = {}
+    for chunk in _chunks(image_ids):
+        for link in session.execute(select(ReviewLink).where(ReviewLink.image_id.in_(chunk))).scalars():
+            links[(link.image_id, link.model_version)] = link
     for r in records:
-        link = session.execute(
-            select(ReviewLink).where(ReviewLink.image_id == r.image_id, ReviewLink.model_version == r.model_version)
-        ).scalar_one_or_none()
+        link = links.get((r.image_id, r.model_version))
         if link is None:
-            session.add(
-                ReviewLink(
-                    image_id=r.image_id,
-                    segmentation_id=r.segmentation_id,
-                    ls_project_id=r.project_id,
-                    ls_task_id=r.task_id,
-                    ls_prediction_id=r.prediction_id,
-                    model_version=r.model_version,
-                    sent_at=now,
-                )
+            link = links[(r.image_id, r.model_version)] = ReviewLink(
+                image_id=r.image_id,
+                segmentation_id=r.segmentation_id,
+                ls_project_id=r.project_id,
+                ls_task_id=r.task_id,
+                ls_prediction_id=r.prediction_id,
+                model_version=r.model_version,
+                sent_at=now,
             )
+            session.add(link)
         else:
             link.ls_project_id = r.project_id
             link.ls_task_id = r.task_id
@@ -130,14 +135,11 @@ def record_links(session: Session, records: list[PushRecord], *, commit: bool = 
                 link.segmentation_id = r.segmentation_id
     session.execute(
         update(Image)
-        .where(Image.id.in_({r.image_id for r in records}), Image.status == SEGMENTED)
+        .where(Image.id.in_(image_ids), Image.status == SEGMENTED)
         .values(status=SENT_FOR_REVIEW, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    if commit:
-        session.commit()
-    else:
-        session.flush()
+    _finish(session, commit)
 
 
 def push_for_review(
