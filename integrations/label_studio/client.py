@@ -173,8 +173,10 @@ class LabelStudioClient:
             ) from None
 
     def request(self, method: str, path: str, *, expect: type | tuple = (dict, list), retry: bool = True, **kw) -> Any:
-        what = f"{method} {path}"
-        resp = self._send(method, path, retry=retry, **kw)
+        return self._checked(self._send(method, path, retry=retry, **kw), f"{method} {path}", expect)
+
+    def _checked(self, resp: httpx.Response, what: str, expect: type | tuple = (dict, list)) -> Any:
+        """The response's JSON, or the error that its status or shape calls for (401/403, other 4xx, wrong type)."""
         if resp.status_code in (401, 403):
             raise LabelStudioAuthError(
                 f"Label Studio rejected the API token (HTTP {resp.status_code}) for {what} at {self.url}: "
@@ -286,13 +288,7 @@ class LabelStudioClient:
             resp = self._send("GET", "/api/tasks", params=params)
             if resp.status_code == 404 and page > 1:
                 return  # past the last page
-            if resp.status_code in (401, 403):
-                raise LabelStudioAuthError(
-                    f"Label Studio rejected the API token (HTTP {resp.status_code}) for GET /api/tasks at {self.url}: check {TOKEN_SETTING}"
-                )
-            if resp.status_code >= 400:
-                raise LabelStudioResponseError(f"Label Studio refused GET /api/tasks (HTTP {resp.status_code}): {self._excerpt(resp)}")
-            data = self._json(resp, "GET /api/tasks")
+            data = self._checked(resp, "GET /api/tasks")
             items = data.get("tasks") if isinstance(data, dict) else data
             if not isinstance(items, list):
                 raise LabelStudioResponseError(f"Label Studio response to GET /api/tasks lacks 'tasks': {self._excerpt(resp)}")
