@@ -2,8 +2,8 @@
 
 - one Prefect test harness per test process (a temporary API server on SQLite),
   started by the first test that needs it, with flow heartbeats off;
-- databases: a SQLite file in tmp, or a PostgreSQL database on 127.0.0.1:5432
-  created for the test and dropped afterwards;
+- databases: a SQLite file in tmp, or a PostgreSQL database created for the test
+  and dropped afterwards (on CLASP_TEST_PG_SERVER's server, see conftest_db);
 - a fast engine configuration (classic backbone, patch variant, small images).
 """
 
@@ -12,15 +12,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import uuid
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-
-PG_ADMIN_URL = os.environ.get("CLASP_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 FAST = dict(backbone="classic", variant="patch", max_side=128)
 
@@ -60,40 +57,24 @@ def api_url() -> str:
 
 
 def postgres_available() -> bool:
-    try:
-        import sqlalchemy as sa
+    from conftest_db import _pg_available
 
-        engine = sa.create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 2})
-        with engine.connect():
-            pass
-        engine.dispose()
-        return True
-    except Exception:
-        return False
+    return _pg_available() is None
 
 
 @contextlib.contextmanager
 def postgres_database():
-    """A fresh PostgreSQL database (URL yielded), dropped at the end."""
-    import sqlalchemy as sa
+    """A fresh PostgreSQL database (URL yielded), dropped at the end (conftest_db's helpers)."""
+    from conftest_db import create_pg_database, drop_pg_database
 
-    name = f"clasp_flows_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    url = create_pg_database()
     try:
         yield url
     finally:
         from flows import common
 
         common.dispose_engines()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(
-                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-            )
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.dispose()
+        drop_pg_database(url)
 
 
 @contextlib.contextmanager
