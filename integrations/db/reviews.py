@@ -242,6 +242,17 @@ def sync_reviews(
         l.ls_task_id: l
         for l in session.execute(select(ReviewLink).where(ReviewLink.ls_project_id == project.id)).scalars()
     }
+    reviews: dict[int, Review] = {}  # annotation id -> stored review, for the annotations handled below
+    ann_ids = [
+        int(ann["id"])
+        for task in tasks
+        if int(task["id"]) in links
+        for ann in task.get("annotations") or []
+        if not ann.get("was_cancelled")
+    ]
+    for chunk in _chunks(ann_ids):
+        for row in session.execute(select(Review).where(Review.ls_annotation_id.in_(chunk))).scalars():
+            reviews[row.ls_annotation_id] = row
     seen_stats = []
     reviewed_images: set[int] = set()
     for task in tasks:
@@ -264,18 +275,17 @@ def sync_reviews(
             stats = survival(proposals, final, neutral_label=labeling.neutral_label, match_iou=match_iou)
             stats["model_version"] = link.model_version
             ann_id = int(ann["id"])
-            row = session.execute(select(Review).where(Review.ls_annotation_id == ann_id)).scalar_one_or_none()
+            row = reviews.get(ann_id)
             if row is None:
-                session.add(
-                    Review(
-                        review_link_id=link.id,
-                        ls_annotation_id=ann_id,
-                        result=ann.get("result", []),
-                        reviewer=_reviewer(ann),
-                        completed_at=_when(ann),
-                        survival=stats,
-                    )
+                reviews[ann_id] = Review(
+                    review_link_id=link.id,
+                    ls_annotation_id=ann_id,
+                    result=ann.get("result", []),
+                    reviewer=_reviewer(ann),
+                    completed_at=_when(ann),
+                    survival=stats,
                 )
+                session.add(reviews[ann_id])
                 result.reviews_new += 1
             elif row.result != ann.get("result", []) or row.survival != stats:
                 row.result = ann.get("result", [])
