@@ -54,7 +54,7 @@ def _worker(url, wid, run_id, batch, store, start, out):  # noqa: ANN001
 
 
 def bench(url: str, n_images: int, workers: int, batch: int, store: bool) -> tuple[float, float, float]:
-    from integrations.db import ImageInput, make_session_factory, register_images, start_run
+    from integrations.db import ImageInput, make_session_factory, add_images, start_run
     from integrations.db.models import Base
     from integrations.db.session import make_engine
 
@@ -64,7 +64,7 @@ def bench(url: str, n_images: int, workers: int, batch: int, store: bool) -> tup
             conn.execute(t.delete())
     factory = make_session_factory(engine)
     with factory() as s:
-        register_images(s, [ImageInput(f"/bench/{i}.jpg", f"{i:064x}") for i in range(n_images)])
+        add_images(s, [ImageInput(f"/bench/{i}.jpg", f"{i:064x}") for i in range(n_images)])
         run_id = start_run(s, {"backbone": "classic"})
     engine.dispose()
     ctx = mp.get_context("spawn")
@@ -94,7 +94,7 @@ def mask_sizes() -> None:
     import numpy as np
     from PIL import Image
 
-    from integrations.db.masks import encode_mask
+    from integrations.db.masks import encode_label_map
 
     rng = np.random.default_rng(0)
     h, w = 480, 640
@@ -106,7 +106,7 @@ def mask_sizes() -> None:
         m = d.argmin(-1).astype(np.uint8)
         b = io.BytesIO()
         Image.fromarray(m).save(b, "PNG", optimize=True)
-        print(f"{f'K={k} ragged regions':<22}{encode_mask(m).size:>16}{len(zlib.compress(m.tobytes(), 6)):>8}{len(b.getvalue()):>8}")
+        print(f"{f'K={k} ragged regions':<22}{encode_label_map(m).size:>16}{len(zlib.compress(m.tobytes(), 6)):>8}{len(b.getvalue()):>8}")
 
 
 def main() -> int:

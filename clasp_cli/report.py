@@ -59,7 +59,7 @@ def describe(stats: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from integrations.db.reviews import review_statistics
+    from integrations.review.sync import review_statistics
     from integrations.db.session import session_scope
     from integrations.settings import Settings
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{status.url}: no CLASP schema yet, so no reviews (run `clasp run ...` or `clasp db upgrade`)")
         return 0
     if args.sync:
-        from integrations.db.reviews import sync_reviews
+        from integrations.review.sync import pull_reviews
         from integrations.label_studio.client import LabelStudioClient, LabelStudioError
         from integrations.label_studio.config import LabelingConfig
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 project = client.find_or_create_project(
                     args.project or settings.label_studio_project, LabelingConfig().xml(), update_config=False
                 )
-                res = sync_reviews(client, project, session)
+                res = pull_reviews(client, project, session)
                 if res.error:
                     print(f"clasp report: sync failed: {res.error}", file=sys.stderr)
                 else:

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def collect(database_url: str, runs: int = 5, reasons: int = 10) -> dict[str, Any]:
-    from integrations.db import repository as repo
+    from integrations import db as repo
     from integrations.db.session import display_url, session_scope
 
     with session_scope(database_url) as session:

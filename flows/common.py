@@ -201,61 +201,6 @@ def register_images(session: Any, uris: list[str], s: Settings, hash_content: bo
     return {"registered": counts["new"], "already_known": counts["known"], "unreadable": counts["unreadable"]}
 
 
-def label_studio_project_url(base_url: str, project_id: int) -> str:
-    return f"{base_url.rstrip('/')}/projects/{project_id}/data"
-
-
-def push_segmentations(database_url: str, project: str, limit: int | None, batch_size: int) -> dict[str, Any]:
-    """Push segmented, not yet pushed images into the project (created if absent)."""
-    from integrations.db.reviews import push_for_review
-    from integrations.label_studio.client import LabelStudioClient
-    from integrations.label_studio.config import LabelingConfig
-    from integrations.label_studio.images import ImageResolver
-    from integrations.label_studio.predictions import RegionPolicy
-
-    s = settings()
-    labeling = LabelingConfig()
-    resolver = ImageResolver.from_env()
-    policy = RegionPolicy(
-        min_area=s.label_studio_min_area, small=s.label_studio_small_segments, max_regions=s.label_studio_max_regions
-    )
-    with LabelStudioClient.from_settings(s) as client:
-        proj = client.find_or_create_project(project, labeling.xml())
-        with session(database_url) as db:
-            result = push_for_review(
-                db, client, proj, limit=limit, labeling=labeling, policy=policy, resolver=resolver, batch_size=batch_size
-            )
-    out = result.summary()
-    out["image_mode"] = resolver.describe()
-    out["project_url"] = label_studio_project_url(client.url, proj.id)
-    out["pushed"] = out.get("sent", 0)
-    return out
-
-
-def sync_reviews(database_url: str, project: str) -> dict[str, Any]:
-    """Bring the project's finished annotations back into SQL (with survival figures)."""
-    from integrations.db.reviews import sync_reviews as _sync
-    from integrations.label_studio.client import LabelStudioClient
-    from integrations.label_studio.config import LabelingConfig
-
-    s = settings()
-    labeling = LabelingConfig()
-    with LabelStudioClient.from_settings(s) as client:
-        proj = client.find_or_create_project(project, labeling.xml(), update_config=False)
-        with session(database_url) as db:
-            result = _sync(client, proj, db, labeling=labeling)
-    out = result.summary()
-    out["project_url"] = label_studio_project_url(client.url, proj.id)
-    out["synced"] = out.get("reviews_new", 0) + out.get("reviews_updated", 0)
-    if result.error:
-        raise LabelStudioUnavailableForSync(result.error)
-    return out
-
-
-class LabelStudioUnavailableForSync(ConnectionError):
-    """Sync could not reach Label Studio (a ConnectionError: retried with backoff)."""
-
-
 def ensure_schema(database_url: str, upgrade: bool | None = None) -> Any:
     """Create or upgrade the schema (automatic on SQLite; on PostgreSQL only with upgrade=True)."""
     from integrations.db.schema import ensure_schema as _ensure
@@ -265,6 +210,6 @@ def ensure_schema(database_url: str, upgrade: bool | None = None) -> Any:
 
 def counts_by_status(session: Any) -> dict[str, int]:
     """Images per status, every status present (zeros included)."""
-    from integrations.db import repository as repo
+    from integrations.db import stats
 
-    return repo.counts_by_status(session)
+    return stats.counts_by_status(session)

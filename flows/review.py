@@ -1,6 +1,6 @@
 """`push_for_review` and `sync_reviews`: hand proposals to Label Studio and bring reviews back.
 
-The Label Studio client lives in `integrations.label_studio`; these flows only
+The work is done by `integrations.review` (push.py, sync.py); these flows only
 order the calls, retry transient failures (connection errors, 5xx) with
 backoff, and publish a link to the project on the dashboard.
 """
@@ -14,6 +14,8 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows import common
+from integrations.review.push import push_to_project
+from integrations.review.sync import pull_from_project
 
 
 def label_studio_configured(settings: Any) -> bool:
@@ -28,7 +30,8 @@ def label_studio_configured(settings: Any) -> bool:
     cache_policy=NO_CACHE,
 )
 def push_task(database_url: str, project: str, limit: int | None, batch_size: int) -> dict[str, Any]:
-    return common.push_segmentations(database_url, project, limit=limit, batch_size=batch_size)
+    with common.session(database_url) as db:
+        return push_to_project(db, common.settings(), project, limit=limit, batch_size=batch_size)
 
 
 @task(
@@ -39,7 +42,8 @@ def push_task(database_url: str, project: str, limit: int | None, batch_size: in
     cache_policy=NO_CACHE,
 )
 def sync_task(database_url: str, project: str) -> dict[str, Any]:
-    return common.sync_reviews(database_url, project)
+    with common.session(database_url) as db:
+        return pull_from_project(db, common.settings(), project)
 
 
 def _link(result: dict[str, Any], project: str) -> None:

@@ -116,7 +116,7 @@ def prepare_batch(database_url: str, worker_id: str, n: int, settings_json: dict
     from clasp_engine.errors import InvalidImageError
     from clasp_engine.images import load_image
     from integrations import sources
-    from integrations.db import repository as repo
+    from integrations import db as repo
 
     settings = Settings(**settings_json)
     out = Prepared()
@@ -266,7 +266,7 @@ def _store(
 
     Returns (image id -> new status for failures, ids whose lease another worker took).
     """
-    from integrations.db import repository as repo
+    from integrations import db as repo
 
     max_attempts = int(settings_json.get("max_attempts", 3))
     statuses: dict[int, str] = {}
@@ -340,7 +340,7 @@ def open_run(
     database_url: str, config_json: dict[str, Any], worker_id: str, flow_run_id: str | None, max_attempts: int
 ) -> dict[str, Any]:
     """Put expired leases back in the queue, open a run row, count what waits."""
-    from integrations.db import repository as repo
+    from integrations import db as repo
 
     with common.session(database_url) as session:
         reclaimed = repo.reclaim_expired(session, max_attempts=max_attempts)
@@ -360,7 +360,7 @@ def open_run(
     cache_policy=NO_CACHE,
 )
 def close_run(database_url: str, run_id: Any, status: str, backbone: str | None, device: str | None) -> dict[str, Any]:
-    from integrations.db import repository as repo
+    from integrations import db as repo
 
     with common.session(database_url) as session:
         summary = repo.finish_run(session, run_id, status=status, backbone=backbone, device=device)
@@ -369,7 +369,7 @@ def close_run(database_url: str, run_id: Any, status: str, backbone: str | None,
 
 def give_back(database_url: str, worker_id: str, pending: Any) -> None:
     """Release the claims of a prefetched batch that will not be processed (no attempt counted)."""
-    from integrations.db import repository as repo
+    from integrations import db as repo
 
     try:
         prepared: Prepared = pending.result()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from integrations.db.repository import ImageInput, RegisterResult, register_images
+from integrations.db.registry import ImageInput, RegisterResult, add_images
 from integrations.settings import Settings
 from integrations.sources import SourceError, fetch_image, normalize_uri, scheme_of
 
@@ -126,7 +126,7 @@ def ingest_uris(
                     items.append(item)
                     if on_progress:
                         on_progress(1, out.registered)
-            result = register_images(session, items)
+            result = add_images(session, items)
             out.reasons.update({i.uri: i.error for i in items if i.error})
             out.registered.merge(result)
             if on_progress:

@@ -19,8 +19,8 @@ from integrations.db import (
     claim_batch,
     counts_by_status,
     extend_lease,
-    decode_mask,
-    encode_mask,
+    decode_label_map,
+    encode_label_map,
     failure_reasons,
     finish_run,
     k_distribution,
@@ -28,7 +28,7 @@ from integrations.db import (
     load_segmentation,
     reclaim_expired,
     record_failure,
-    register_images,
+    add_images,
     release_claims,
     start_run,
     storage_bytes,
@@ -36,8 +36,7 @@ from integrations.db import (
     store_segmentations,
     throughput,
 )
-from integrations.db.models import Failure, Image, SegmentationRun, SegmentRow
-from integrations.db.models import Segmentation as SegRow
+from integrations.db.models import FailureRecord, Image, SegmentationRecord, SegmentationRun, SegmentRow
 
 
 def sha(i: int | str) -> str:
@@ -60,10 +59,10 @@ def expire_leases(session, ids=None) -> None:
 
 
 def test_register_is_idempotent_by_content_hash(session):
-    first = register_images(session, inputs(5))
+    first = add_images(session, inputs(5))
     assert first.counts() == {"new": 5, "known": 0, "unreadable": 0}
     # same bytes under another name, plus two new, plus a duplicate inside the input
-    again = register_images(
+    again = add_images(
         session,
         [ImageInput("/elsewhere/copy.jpg", sha(0))] + inputs(2, start=5) + [ImageInput("/dup.jpg", sha(5))],
     )
@@ -74,25 +73,25 @@ def test_register_is_idempotent_by_content_hash(session):
 
 
 def test_register_lazy_uris_unreadable_and_adoption(session):
-    lazy = register_images(session, ["http://example.com/a.jpg", "http://example.com/a.jpg", "s3://b/c.png"])
+    lazy = add_images(session, ["http://example.com/a.jpg", "http://example.com/a.jpg", "s3://b/c.png"])
     assert lazy.counts() == {"new": 2, "known": 0, "unreadable": 0}
-    assert register_images(session, ["s3://b/c.png"]).counts()["known"] == 1
-    bad = register_images(session, [ImageInput("/x/broken.jpg", error="truncated JPEG")])
+    assert add_images(session, ["s3://b/c.png"]).counts()["known"] == 1
+    bad = add_images(session, [ImageInput("/x/broken.jpg", error="truncated JPEG")])
     assert bad.counts() == {"new": 0, "known": 0, "unreadable": 1}
     row = session.get(Image, bad.unreadable[0])
     assert (row.status, row.last_error) == ("failed", "truncated JPEG")
     # re-ingesting the same unreadable URI does not add a row
-    assert register_images(session, [ImageInput("/x/broken.jpg", error="still truncated")]).unreadable == bad.unreadable
+    assert add_images(session, [ImageInput("/x/broken.jpg", error="still truncated")]).unreadable == bad.unreadable
     # the file was fixed: the failed row is adopted with its content hash and waits again
-    fixed = register_images(session, [ImageInput("/x/broken.jpg", sha("fixed"), 123)])
+    fixed = add_images(session, [ImageInput("/x/broken.jpg", sha("fixed"), 123)])
     assert fixed.new == bad.unreadable
     session.expire_all()
     row = session.get(Image, bad.unreadable[0])
     assert (row.status, row.content_sha256, row.last_error) == ("waiting", sha("fixed"), None)
     # a lazily registered URI already taken by a worker is not registered a second time
     (taken,) = claim_batch(session, "w", 1, lease_seconds=60)
-    assert register_images(session, [ImageInput(taken.uri, sha("taken"))]).known == [taken.id]
-    too_long = register_images(session, ["http://example.com/" + "a" * 3000])
+    assert add_images(session, [ImageInput(taken.uri, sha("taken"))]).known == [taken.id]
+    too_long = add_images(session, ["http://example.com/" + "a" * 3000])
     assert too_long.counts()["unreadable"] == 1
 
 
@@ -100,7 +99,7 @@ def test_register_lazy_uris_unreadable_and_adoption(session):
 
 
 def test_claim_batches_are_disjoint_and_ordered(session):
-    register_images(session, inputs(25))
+    add_images(session, inputs(25))
     a = claim_batch(session, "w-a", 10, lease_seconds=60)
     b = claim_batch(session, "w-b", 10, lease_seconds=60)
     c = claim_batch(session, "w-c", 10, lease_seconds=60)
@@ -117,7 +116,7 @@ def test_claim_batches_are_disjoint_and_ordered(session):
 
 
 def test_store_marks_segmented_and_guards_the_lease(session):
-    register_images(session, inputs(3))
+    add_images(session, inputs(3))
     run = start_run(session, {"backbone": "dino_vits8", "k": None}, orchestrator_run_id="flow-1", worker_id="w-a")
     a = claim_batch(session, "w-a", 2, lease_seconds=60)
     seg_id = store_segmentation(session, a[0].id, run, make_segmentation(), "w-a")
@@ -130,12 +129,12 @@ def test_store_marks_segmented_and_guards_the_lease(session):
     # storing twice is refused (the image is no longer claimed)
     with pytest.raises(LeaseLostError, match="segmented"):
         store_segmentation(session, a[0].id, run, make_segmentation(), "w-a")
-    assert session.execute(select(func.count()).select_from(SegRow)).scalar_one() == 1
+    assert session.execute(select(func.count()).select_from(SegmentationRecord)).scalar_one() == 1
     assert seg_id > 0
 
 
 def test_late_writer_after_reclaim_writes_nothing(session):
-    register_images(session, inputs(1))
+    add_images(session, inputs(1))
     run = start_run(session, {"backbone": "classic"})
     (a,) = claim_batch(session, "w-slow", 1, lease_seconds=60)
     expire_leases(session)
@@ -147,13 +146,13 @@ def test_late_writer_after_reclaim_writes_nothing(session):
     with pytest.raises(LeaseLostError):
         record_failure(session, a.id, "late failure", "w-slow", retryable=True)
     store_segmentation(session, b.id, run, make_segmentation(), "w-fast")
-    assert session.execute(select(func.count()).select_from(SegRow)).scalar_one() == 1
-    reasons = session.scalars(select(Failure.reason)).all()
+    assert session.execute(select(func.count()).select_from(SegmentationRecord)).scalar_one() == 1
+    reasons = session.scalars(select(FailureRecord.reason)).all()
     assert reasons == ["lease expired: the worker holding it stopped without reporting (crash, kill or out of memory)"]
 
 
 def test_expired_lease_not_yet_reclaimed_still_lets_the_holder_finish(session):
-    register_images(session, inputs(1))
+    add_images(session, inputs(1))
     run = start_run(session, {"backbone": "classic"})
     (a,) = claim_batch(session, "w", 1, lease_seconds=60)
     expire_leases(session)
@@ -162,7 +161,7 @@ def test_expired_lease_not_yet_reclaimed_still_lets_the_holder_finish(session):
 
 
 def test_failures_retry_then_fail_with_reason(session):
-    register_images(session, inputs(2))
+    add_images(session, inputs(2))
     ids = [c.id for c in claim_batch(session, "w", 2, lease_seconds=60)]
     assert record_failure(session, ids[0], "not an image", "w", retryable=False) == "failed"
     for attempt in (1, 2):
@@ -172,13 +171,13 @@ def test_failures_retry_then_fail_with_reason(session):
     assert record_failure(session, ids[1], "timed out (3)", "w", retryable=True, max_attempts=3) == "failed"
     img = session.get(Image, ids[1])
     assert (img.status, img.attempts, img.last_error) == ("failed", 3, "timed out (3)")
-    finals = session.execute(select(Failure.final)).scalars().all()
+    finals = session.execute(select(FailureRecord.final)).scalars().all()
     assert finals.count(True) == 2 and len(finals) == 4
     assert sorted(failure_reasons(session)) == [("not an image", 1), ("timed out (3)", 1)]
 
 
 def test_reclaim_fails_an_image_whose_workers_keep_dying(session):
-    register_images(session, inputs(1))
+    add_images(session, inputs(1))
     for i in range(2):
         claim_batch(session, f"w{i}", 1, lease_seconds=60, max_attempts=2)
         expire_leases(session)
@@ -189,7 +188,7 @@ def test_reclaim_fails_an_image_whose_workers_keep_dying(session):
 
 
 def test_release_claims_does_not_count_an_attempt(session):
-    register_images(session, inputs(3))
+    add_images(session, inputs(3))
     claim_batch(session, "w", 3, lease_seconds=60)
     assert release_claims(session, "w") == 3
     assert {c.attempts for c in claim_batch(session, "w2", 3, lease_seconds=60)} == {1}
@@ -199,7 +198,7 @@ def test_release_claims_does_not_count_an_attempt(session):
 
 
 def test_masks_and_diagnostics_round_trip(session):
-    register_images(session, inputs(2))
+    add_images(session, inputs(2))
     run = start_run(session, {"backbone": "dino_vits8"})
     a, b = claim_batch(session, "w", 2, lease_seconds=60)
     rng = np.random.default_rng(1)
@@ -235,21 +234,21 @@ def test_masks_and_diagnostics_round_trip(session):
     ],
 )
 def test_mask_codec_is_bit_exact(arr):
-    enc = encode_mask(arr)
-    back = decode_mask(enc.data, enc.codec, enc.height, enc.width, enc.dtype, enc.stored_dtype)
+    enc = encode_label_map(arr)
+    back = decode_label_map(enc.data, enc.codec, enc.height, enc.width, enc.dtype, enc.stored_dtype)
     assert back.shape == arr.shape and back.dtype == arr.dtype
     assert np.array_equal(back, arr)
 
 
 def test_mask_codec_refuses_non_integer_and_non_2d():
     with pytest.raises(ValueError):
-        encode_mask(np.zeros((4, 4), np.float32))
+        encode_label_map(np.zeros((4, 4), np.float32))
     with pytest.raises(ValueError):
-        encode_mask(np.zeros((4, 4, 3), np.uint8))
+        encode_label_map(np.zeros((4, 4, 3), np.uint8))
 
 
 def test_dashboard_queries_and_run_counts(session):
-    register_images(session, inputs(10))
+    add_images(session, inputs(10))
     run = start_run(session, {"backbone": "classic"}, engine_version="9.9")
     claimed = claim_batch(session, "w", 10, lease_seconds=60)
     for i, c in enumerate(claimed[:7]):
@@ -271,7 +270,7 @@ def test_dashboard_queries_and_run_counts(session):
 
 def test_storage_per_image_at_640x480(session, capsys):
     """Bytes one 640x480 result takes: compressed mask + diagnostics JSON (figures for the closing note)."""
-    register_images(session, inputs(1))
+    add_images(session, inputs(1))
     run = start_run(session, {"backbone": "dino_vits8"})
     (c,) = claim_batch(session, "w", 1, lease_seconds=60)
     h, w = 480, 640
@@ -288,7 +287,7 @@ def test_storage_per_image_at_640x480(session, capsys):
 
 
 def test_extend_lease_keeps_only_what_the_worker_holds(session):
-    register_images(session, inputs(3))
+    add_images(session, inputs(3))
     mine = claim_batch(session, "w", 2, lease_seconds=5)
     other = claim_batch(session, "v", 1, lease_seconds=5)
     held = extend_lease(session, "w", [c.id for c in mine + other], lease_seconds=3600)
@@ -313,17 +312,17 @@ def test_sqlite_is_tuned_for_several_processes(sqlite_url):
 def test_deleting_an_image_cascades(session):
     from integrations.db import delete_image
 
-    register_images(session, inputs(1))
+    add_images(session, inputs(1))
     run = start_run(session, {"backbone": "classic"})
     (c,) = claim_batch(session, "w", 1, lease_seconds=60)
     store_segmentation(session, c.id, run, make_segmentation(), "w")
     assert delete_image(session, c.id)
-    for model in (Image, SegRow, SegmentRow):
+    for model in (Image, SegmentationRecord, SegmentRow):
         assert session.execute(select(func.count()).select_from(model)).scalar_one() == 0
 
 
 def test_timestamps_are_timezone_aware_utc(session):
-    register_images(session, inputs(1))
+    add_images(session, inputs(1))
     session.expire_all()
     img = session.scalars(select(Image)).one()
     assert img.created_at.utcoffset() == dt.timedelta(0)
@@ -331,11 +330,11 @@ def test_timestamps_are_timezone_aware_utc(session):
 
 
 def test_stored_total_seconds_is_the_engines_total(session):
-    register_images(session, inputs(1))
+    add_images(session, inputs(1))
     run = start_run(session, {"backbone": "classic"}, orchestrator_run_id="flow-t", worker_id="w-a")
     (claimed,) = claim_batch(session, "w-a", 1, lease_seconds=60)
     seg = make_segmentation()
     seg.diagnostics.timings = {"backbone": 0.5, "crf": 0.25, "total": 0.8}
     seg_id = store_segmentation(session, claimed.id, run, seg, "w-a")
     # the stages plus `total` would sum to 1.55: the stored figure is the engine's own total
-    assert session.get(SegRow, seg_id).total_seconds == pytest.approx(0.8)
+    assert session.get(SegmentationRecord, seg_id).total_seconds == pytest.approx(0.8)

@@ -128,11 +128,11 @@ def test_process_worker_runs_a_triggered_segment_deployment(request, shared_data
         log = _stop(worker)
     import sqlalchemy as sa
 
-    from integrations.db.models import Image, Segmentation
+    from integrations.db.models import Image, SegmentationRecord
 
     with common.session(url) as s:
         statuses = s.execute(sa.select(Image.status)).scalars().all()
-        n_seg = s.execute(sa.select(sa.func.count()).select_from(Segmentation)).scalar_one()
+        n_seg = s.execute(sa.select(sa.func.count()).select_from(SegmentationRecord)).scalar_one()
     common.dispose_engines()
     assert set(statuses) == {"segmented"}, log
     assert n_seg == len(paths)

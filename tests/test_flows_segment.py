@@ -36,10 +36,10 @@ def _segmentation_counts(url: str) -> Counter:
     import sqlalchemy as sa
 
     from flows import common
-    from integrations.db.models import Segmentation
+    from integrations.db.models import SegmentationRecord
 
     with common.session(url) as s:
-        rows = s.execute(sa.select(Segmentation.image_id)).scalars().all()
+        rows = s.execute(sa.select(SegmentationRecord.image_id)).scalars().all()
     return Counter(rows)
 
 
@@ -79,7 +79,7 @@ def test_run_over_shared_data_stores_one_segmentation_per_image(db_url, shared_d
     import sqlalchemy as sa
 
     from flows import common
-    from integrations.db.models import Segmentation
+    from integrations.db.models import SegmentationRecord
 
     paths = fs.shared_images(shared_data)
     assert len(paths) >= 20
@@ -90,7 +90,7 @@ def test_run_over_shared_data_stores_one_segmentation_per_image(db_url, shared_d
     assert len(counts) == len(paths) and set(counts.values()) == {1}
     assert {im.status for im in _images(db_url)} == {"segmented"}
     with common.session(db_url) as s:
-        for row in s.execute(sa.select(Segmentation)).scalars():
+        for row in s.execute(sa.select(SegmentationRecord)).scalars():
             d = row.diagnostics
             assert d["k"] == row.k >= 1
             assert d["eigenvalues"] and "timings" in d and d["timings"]
@@ -203,7 +203,7 @@ def test_crashed_batch_is_reclaimed_after_its_lease(shared_data, tmp_path, monke
     from flows import common
     from flows.ingest import ingest
     from flows.segment import segment
-    from integrations.db import repository as repo
+    from integrations import db as repo
     from integrations.db.models import Image
 
     paths = fs.shared_images(shared_data, limit=4)

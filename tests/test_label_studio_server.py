@@ -13,7 +13,7 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 
-from integrations.db.masks import encode_mask
+from integrations.db.masks import encode_label_map
 from integrations.db.models import (
     REVIEWED,
     SEGMENTED,
@@ -22,11 +22,11 @@ from integrations.db.models import (
     Image,
     Review,
     ReviewLink,
+    SegmentationRecord,
     SegmentationRun,
     SegmentRow,
 )
-from integrations.db.models import Segmentation as SegmentationRow
-from integrations.db.reviews import load_label_map, push_for_review, review_statistics, sync_reviews
+from integrations.db.results import record_label_map
 from integrations.db.session import make_engine, make_session_factory
 from integrations.label_studio.client import LabelStudioAuthError, LabelStudioClient
 from integrations.label_studio.config import LabelingConfig, labels_in_config
@@ -34,6 +34,8 @@ from integrations.label_studio.images import ImageResolver
 from integrations.label_studio.predictions import RegionPolicy, model_version
 from integrations.label_studio.push import PushItem, push_segmentations
 from integrations.label_studio.rle import decode_mask, mask_rle
+from integrations.review.push import push_unsent
+from integrations.review.sync import pull_reviews, review_statistics
 
 pytestmark = [pytest.mark.label_studio, pytest.mark.slow]
 
@@ -84,8 +86,8 @@ def add_segmented(session, uri: str, labels: np.ndarray) -> int:
     img = Image(uri=uri, status=SEGMENTED, width=labels.shape[1], height=labels.shape[0])
     session.add(img)
     session.flush()
-    enc = encode_mask(labels)
-    seg = SegmentationRow(
+    enc = encode_label_map(labels)
+    seg = SegmentationRecord(
         image_id=img.id, run_id=run_id, variant="pixel", k=int(labels.max()) + 1, mask=enc.data,
         mask_codec=enc.codec, mask_height=enc.height, mask_width=enc.width, mask_dtype=enc.dtype,
         mask_stored_dtype=enc.stored_dtype, mask_bytes=enc.size,
@@ -111,7 +113,7 @@ def shared_pushed(db, ls, project, resolver, shared_data):
             add_segmented(s, str(img), _contiguous(png))
     with db() as s:
         t0 = time.perf_counter()
-        result = push_for_review(s, ls, project, policy=KEEP_ALL, resolver=resolver, batch_size=25)
+        result = push_unsent(s, ls, project, policy=KEEP_ALL, resolver=resolver, batch_size=25)
         result.seconds_measured = time.perf_counter() - t0
     return result
 
@@ -135,8 +137,8 @@ def test_push_shared_data_masks_roundtrip_bit_for_bit(db, ls, project, shared_pu
         assert len(links) == n_images
         for link in links:
             assert link.model_version == MV and link.ls_prediction_id == preds[link.ls_task_id]["id"]
-            seg = s.get(SegmentationRow, link.segmentation_id)
-            labels = load_label_map(seg)
+            seg = s.get(SegmentationRecord, link.segmentation_id)
+            labels = record_label_map(seg)
             pred = preds[link.ls_task_id]
             assert pred["model_version"] == MV and 0 < pred["score"] <= 1
             back = np.full(labels.shape, -1, np.int64)
@@ -171,7 +173,7 @@ def test_second_push_adds_nothing(db, ls, project, resolver, shared_pushed):
     before = len(list(ls.tasks(project.id)))
     n_preds = len(ls.predictions(project.id))
     with db() as s:
-        r = push_for_review(s, ls, project, policy=KEEP_ALL, resolver=resolver)
+        r = push_unsent(s, ls, project, policy=KEEP_ALL, resolver=resolver)
     assert not r.sent and r.import_requests == 0
     # even if SQL had lost the links: the server-side keys stop a second task
     with db() as s:
@@ -193,7 +195,7 @@ def test_push_while_server_stopped_loses_nothing(db, ls, project, resolver, shar
     label_studio_server.stop()
     try:
         with db() as s:
-            r = push_for_review(s, ls, project, resolver=resolver, retries=1, backoff=0.05)
+            r = push_unsent(s, ls, project, resolver=resolver, retries=1, backoff=0.05)
         assert not r.sent and sorted(r.unsent) == sorted(new_ids) and "unavailable" in r.error
         with db() as s:
             assert set(s.execute(select(Image.status).where(Image.id.in_(new_ids))).scalars()) == {SEGMENTED}
@@ -202,7 +204,7 @@ def test_push_while_server_stopped_loses_nothing(db, ls, project, resolver, shar
         restart = threading.Thread(target=lambda: (time.sleep(1.0), label_studio_server.start()))
         restart.start()
         with db() as s:
-            r = push_for_review(s, ls, project, resolver=resolver, retries=8, backoff=1.0)
+            r = push_unsent(s, ls, project, resolver=resolver, retries=8, backoff=1.0)
         restart.join()
     finally:
         if not label_studio_server.healthy():
@@ -231,7 +233,7 @@ def test_sync_reviews_survival_figures(db, ls, project, resolver, shared_pushed,
     # a distinct URI for the same file (the DB registers one row per URI here)
     with db() as s:
         image_id = add_segmented(s, str(img.parent.parent / "images" / ".." / "images" / img.name), labels)
-        r = push_for_review(s, ls, project, resolver=resolver)
+        r = push_unsent(s, ls, project, resolver=resolver)
     rec = [x for x in r.sent if x.image_id == image_id][0]
     task = ls.task(rec.task_id)
     assert task["data"]["clasp_image_id"] == image_id
@@ -246,7 +248,7 @@ def test_sync_reviews_survival_figures(db, ls, project, resolver, shared_pushed,
     edited["value"]["rle"] = mask_rle(m1)
     ls.create_annotation(rec.task_id, [kept, edited])  # region 2 deleted
     with db() as s:
-        out = sync_reviews(ls, project, s)
+        out = pull_reviews(ls, project, s)
     assert out.error is None and out.reviews_new == 1 and not out.unknown_tasks
     st = out.per_task[rec.task_id]
     expected_iou = m1.sum() / (labels == 1).sum()
@@ -261,7 +263,7 @@ def test_sync_reviews_survival_figures(db, ls, project, resolver, shared_pushed,
         stats = review_statistics(s)
         assert stats["tasks_reviewed"] == 1 and stats["kept"] == 1 and stats["deleted"] == 1
         assert stats["by_model_version"][MV]["tasks_sent"] >= 1
-        again = sync_reviews(ls, project, s)
+        again = pull_reviews(ls, project, s)
     assert again.reviews_new == 0 and again.unchanged == 1
 
 

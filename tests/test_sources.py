@@ -312,7 +312,7 @@ def test_bad_inputs_fail_their_image_and_the_batch_completes(migrated_url, serve
         make_engine,
         make_session_factory,
         record_failure,
-        register_images,
+        add_images,
         start_run,
         store_segmentation,
     )
@@ -335,7 +335,7 @@ def test_bad_inputs_fail_their_image_and_the_batch_completes(migrated_url, serve
     cfg = settings(http_timeout_s=0.5)
     engine = make_engine(migrated_url)
     with make_session_factory(engine)() as s:
-        register_images(s, uris)
+        add_images(s, uris)
         run = start_run(s, {"backbone": "classic"})
         while batch := claim_batch(s, "w", 20, lease_seconds=60, max_attempts=2):
             for item in batch:

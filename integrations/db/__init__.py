@@ -1,46 +1,45 @@
-"""CLASP's SQL data layer: models, sessions, migrations and the pipeline's operations.
+"""CLASP's SQL data layer: models, sessions, schema, and the pipeline's operations by job.
 
-    from integrations.db import ensure_schema, make_session_factory, claim_batch, ...
+    from integrations.db import ensure_schema, make_session_factory, add_images, claim_batch, ...
     ensure_schema(url)                      # upgrades SQLite to head; PostgreSQL: raises if behind
     Session = make_session_factory(url)
     with Session() as s:
-        register_images(s, [ImageInput(uri, sha256, size)])
+        add_images(s, [ImageInput(uri, sha256, size)])
         batch = claim_batch(s, worker_id, 16, lease_seconds=600)
 
-See repository.py for the work-queue rules and schema.py for the schema guard.
+Modules, one job each (every operation is a plain function over a Session):
+- registry.py  registering images (once per content) and deleting them;
+- queue.py     the work queue: claim, lease, renew, fail, release, reclaim (its rules are there);
+- results.py   storing segmentations (finishes a claim) and reading them back;
+- runs.py      segmentation runs (what made the results, and their counts);
+- stats.py     status and dashboard queries;
+- reviews.py   the review tables (links to Label Studio tasks, reviews), SQL only;
+- models.py, masks.py (label-map codec), session.py, schema.py (schema guard);
+- batching.py, dialect.py, jsonsafe.py: small helpers the operation modules share.
 """
 
-from integrations.db.masks import EncodedMask, decode_mask, encode_mask
-from integrations.db.repository import (
+from integrations.db.masks import EncodedMask, decode_label_map, encode_label_map
+from integrations.db.queue import (
     ClaimedImage,
-    ImageInput,
     LeaseLostError,
     ReclaimResult,
-    RegisterResult,
-    RunSummary,
     claim_batch,
-    counts_by_status,
-    delete_image,
     extend_lease,
-    failure_reasons,
-    finish_run,
-    k_distribution,
+    reclaim_expired,
+    record_failure,
+    release_claims,
+    requeue_failed,
+)
+from integrations.db.registry import ImageInput, RegisterResult, add_images, delete_image
+from integrations.db.results import (
     latest_segmentation_id,
     load_mask,
     load_segmentation,
-    recent_runs,
-    reclaim_expired,
-    record_failure,
-    register_images,
-    release_claims,
-    requeue_failed,
-    run_counts,
-    start_run,
     storage_bytes,
     store_segmentation,
     store_segmentations,
-    throughput,
 )
+from integrations.db.runs import RunSummary, finish_run, recent_runs, run_counts, start_run
 from integrations.db.schema import (
     SchemaBehindError,
     SchemaError,
@@ -52,5 +51,6 @@ from integrations.db.schema import (
     upgrade,
 )
 from integrations.db.session import display_url, make_engine, make_session_factory, normalize_url, session_scope
+from integrations.db.stats import counts_by_status, failure_reasons, k_distribution, throughput
 
 __all__ = [name for name in dir() if not name.startswith("_")]

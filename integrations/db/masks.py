@@ -58,7 +58,7 @@ def _narrowest(arr: np.ndarray) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def encode_mask(labels: np.ndarray) -> EncodedMask:
+def encode_label_map(labels: np.ndarray) -> EncodedMask:
     """Compress a 2-D integer (or bool) label map losslessly."""
     arr = np.asarray(labels)
     if arr.ndim != 2:
@@ -80,8 +80,8 @@ def encode_mask(labels: np.ndarray) -> EncodedMask:
     )
 
 
-def decode_mask(data: bytes, codec: str, height: int, width: int, dtype: str, stored_dtype: str) -> np.ndarray:
-    """Inverse of `encode_mask`: the same values, dtype and shape."""
+def decode_label_map(data: bytes, codec: str, height: int, width: int, dtype: str, stored_dtype: str) -> np.ndarray:
+    """Inverse of `encode_label_map`: the same values, dtype and shape."""
     if codec != CODEC:
         raise ValueError(f"unknown mask codec {codec!r} (this version reads {CODEC!r})")
     stored = np.dtype(stored_dtype).newbyteorder("<")

@@ -136,7 +136,7 @@ class Image(Base):
     )
     segmented_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
-    segmentations: Mapped[list[Segmentation]] = relationship(
+    segmentations: Mapped[list[SegmentationRecord]] = relationship(
         back_populates="image", cascade="all, delete-orphan", passive_deletes=True
     )
 
@@ -166,8 +166,10 @@ class SegmentationRun(Base):
     n_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
-class Segmentation(Base):
-    """One stored result: the mask, K and the diagnostics that explain it."""
+class SegmentationRecord(Base):
+    """One stored result: the mask, K and the diagnostics that explain it.
+
+    (The engine's in-memory result is `clasp_engine.result.Segmentation`; this is its row.)"""
 
     __tablename__ = "segmentations"
     __table_args__ = (
@@ -232,11 +234,13 @@ class SegmentRow(Base):
     y1: Mapped[int] = mapped_column(Integer)
     confidence: Mapped[float] = mapped_column(Float)
 
-    segmentation: Mapped[Segmentation] = relationship(back_populates="segments")
+    segmentation: Mapped[SegmentationRecord] = relationship(back_populates="segments")
 
 
-class Failure(Base):
-    """Every failed attempt, with its reason (the image keeps only the last one)."""
+class FailureRecord(Base):
+    """Every failed attempt, with its reason (the image keeps only the last one).
+
+    (A failure inside a running batch is a plain dataclass of the flows; this is the stored row.)"""
 
     __tablename__ = "failures"
 
