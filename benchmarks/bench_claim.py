@@ -120,7 +120,7 @@ def main() -> int:
     if args.mask_sizes:
         mask_sizes()
         return 0
-    from conftest_db import _pg_available, create_pg_database, drop_pg_database
+    from conftest_db import create_pg_database, drop_pg_database, pg_unavailable_reason
 
     from integrations.db.schema import upgrade
 
@@ -132,7 +132,7 @@ def main() -> int:
             tmp = tempfile.TemporaryDirectory()
             url = f"sqlite:///{tmp.name}/bench.db"
         else:
-            why = _pg_available()
+            why = pg_unavailable_reason()
             if why:
                 print(f"postgres: skipped: {why}")
                 continue

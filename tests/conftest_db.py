@@ -7,6 +7,7 @@
   used to CREATE / DROP). Skipped with a clear reason when the server is unreachable.
 - `db_url`: both of the above, parametrised ("sqlite", "postgres").
 - `migrated_url` / `session`: the same, upgraded to head.
+- `make_segmentation`, `sha`, `inputs`, `expire_leases`: test data for the data-layer tests.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _pg_admin_conninfo() -> str:
 _pg_unreachable: str | None = None
 
 
-def _pg_available() -> str | None:
+def pg_unavailable_reason() -> str | None:
     """None when the server answers, else why not."""
     global _pg_unreachable
     if _pg_unreachable is None:
@@ -77,7 +78,7 @@ def sqlite_url(tmp_path) -> str:
 
 @pytest.fixture
 def pg_url():
-    why = _pg_available()
+    why = pg_unavailable_reason()
     if why:
         pytest.skip(why)
     url = create_pg_database()
@@ -155,3 +156,32 @@ def make_segmentation(height: int = 48, width: int = 64, k: int = 3, *, seed: in
         warnings=["example warning"],
     )
     return Segmentation(labels=labels, patch_labels=patch, segments=segments, diagnostics=diag)
+
+
+def sha(i: int | str) -> str:
+    """A content hash for test image number `i` (sha256 of its decimal text)."""
+    import hashlib
+
+    return hashlib.sha256(str(i).encode()).hexdigest()
+
+
+def inputs(n: int, start: int = 0) -> list:
+    """`n` ImageInputs with distinct content hashes: /data/img{start}.jpg, ..."""
+    from integrations.db import ImageInput
+
+    return [ImageInput(uri=f"/data/img{i}.jpg", content_sha256=sha(i), size_bytes=1000 + i) for i in range(start, start + n)]
+
+
+def expire_leases(session, ids=None) -> None:
+    """Make the leases of claimed images (all, or those in `ids`) run out in the past."""
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from integrations.db.models import Image
+
+    stmt = update(Image).where(Image.status == "claimed")
+    if ids is not None:
+        stmt = stmt.where(Image.id.in_(ids))
+    session.execute(stmt.values(lease_expires_at=dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)))
+    session.commit()

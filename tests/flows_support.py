@@ -57,9 +57,9 @@ def api_url() -> str:
 
 
 def postgres_available() -> bool:
-    from conftest_db import _pg_available
+    from conftest_db import pg_unavailable_reason
 
-    return _pg_available() is None
+    return pg_unavailable_reason() is None
 
 
 @contextlib.contextmanager

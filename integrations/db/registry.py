@@ -52,6 +52,18 @@ class RegisterResult:
         self.unreadable += other.unreadable
 
 
+def _queued_content(item: ImageInput) -> dict[str, object]:
+    """The columns of a readable image entering the queue: its content, `waiting`, no attempts yet."""
+    return dict(
+        content_sha256=item.content_sha256,
+        size_bytes=item.size_bytes,
+        width=item.width,
+        height=item.height,
+        status=WAITING,
+        attempts=0,
+    )
+
+
 def add_images(session: Session, items: Iterable[ImageInput | str], *, commit: bool = True) -> RegisterResult:
     """Register images, idempotently: the same bytes (content hash) are registered once.
 
@@ -104,15 +116,7 @@ def add_images(session: Session, items: Iterable[ImageInput | str], *, commit: b
             session.execute(
                 update(Image)
                 .where(Image.id == hit[0], Image.content_sha256.is_(None))
-                .values(
-                    content_sha256=item.content_sha256,
-                    size_bytes=item.size_bytes,
-                    width=item.width,
-                    height=item.height,
-                    status=WAITING,
-                    attempts=0,
-                    last_error=None,
-                )
+                .values(**_queued_content(item), last_error=None)
                 .execution_options(synchronize_session=False)
             )
             result.new.append(hit[0])
@@ -122,20 +126,7 @@ def add_images(session: Session, items: Iterable[ImageInput | str], *, commit: b
         else:
             remaining.append(item)
     for chunk in chunks(remaining):
-        rows = [
-            dict(
-                uri=i.uri,
-                content_sha256=i.content_sha256,
-                size_bytes=i.size_bytes,
-                width=i.width,
-                height=i.height,
-                status=WAITING,
-                attempts=0,
-                created_at=now,
-                updated_at=now,
-            )
-            for i in chunk
-        ]
+        rows = [dict(uri=i.uri, **_queued_content(i), created_at=now, updated_at=now) for i in chunk]
         stmt = (
             insert(Image)
             .values(rows)

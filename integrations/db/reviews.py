@@ -94,22 +94,15 @@ def record_links(session: Session, records: list[LinkedTask], *, commit: bool = 
         link = links.get((r.image_id, r.model_version))
         if link is None:
             link = links[(r.image_id, r.model_version)] = ReviewLink(
-                image_id=r.image_id,
-                segmentation_id=r.segmentation_id,
-                ls_project_id=r.project_id,
-                ls_task_id=r.task_id,
-                ls_prediction_id=r.prediction_id,
-                model_version=r.model_version,
-                sent_at=now,
+                image_id=r.image_id, model_version=r.model_version, sent_at=now
             )
             session.add(link)
-        else:
-            link.ls_project_id = r.project_id
-            link.ls_task_id = r.task_id
-            if r.prediction_id is not None:
-                link.ls_prediction_id = r.prediction_id
-            if r.segmentation_id is not None and link.segmentation_id is None:
-                link.segmentation_id = r.segmentation_id
+        link.ls_project_id = r.project_id
+        link.ls_task_id = r.task_id
+        if r.prediction_id is not None:  # known once the push has read the prediction ids back
+            link.ls_prediction_id = r.prediction_id
+        if r.segmentation_id is not None and link.segmentation_id is None:
+            link.segmentation_id = r.segmentation_id
     session.execute(
         update(Image)
         .where(Image.id.in_(image_ids), Image.status == SEGMENTED)
