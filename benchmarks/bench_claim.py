@@ -54,7 +54,7 @@ def _worker(url, wid, run_id, batch, store, start, out):  # noqa: ANN001
 
 
 def bench(url: str, n_images: int, workers: int, batch: int, store: bool) -> tuple[float, float, float]:
-    from integrations.db import ImageInput, make_session_factory, add_images, start_run
+    from integrations.db import ImageInput, add_images, make_session_factory, start_run
     from integrations.db.models import Base
     from integrations.db.session import make_engine
 

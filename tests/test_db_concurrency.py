@@ -11,7 +11,7 @@ from conftest_db import db_url, migrated_url, pg_url, sqlite_url  # noqa: F401
 from db_workers import drain
 from sqlalchemy import func, select
 
-from integrations.db import ImageInput, counts_by_status, make_engine, make_session_factory, add_images, start_run
+from integrations.db import ImageInput, add_images, counts_by_status, make_engine, make_session_factory, start_run
 from integrations.db.models import FailureRecord, Image, SegmentationRecord
 
 N_IMAGES = 1000

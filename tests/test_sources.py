@@ -307,12 +307,12 @@ def test_bad_inputs_fail_their_image_and_the_batch_completes(migrated_url, serve
     from conftest_db import make_segmentation
 
     from integrations.db import (
+        add_images,
         claim_batch,
         counts_by_status,
         make_engine,
         make_session_factory,
         record_failure,
-        add_images,
         start_run,
         store_segmentation,
     )
