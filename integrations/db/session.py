@@ -90,7 +90,7 @@ def make_session_factory(url_or_engine: str | URL | Engine) -> sessionmaker[Sess
 
 @contextlib.contextmanager
 def session_scope(url_or_engine: str | URL | Engine) -> Iterator[Session]:
-    """A session that is closed at the end (repository functions commit themselves)."""
+    """A session that is closed at the end (the operations in registry.py, queue.py ... commit themselves)."""
     factory = make_session_factory(url_or_engine)
     session = factory()
     try:
