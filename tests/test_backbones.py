@@ -23,6 +23,9 @@ from clasp_engine.backbones import (
 )
 from clasp_engine.backbones import classic as classic_mod
 from clasp_engine.backbones import vit as vit_mod
+from clasp_engine.backbones import weights as weights_mod
+from clasp_engine.backbones.base import WeightsInfo
+from clasp_engine.backbones.specs import SPECS
 from clasp_engine.backbones.vit import create_vit_model
 from clasp_engine.config import SegmenterConfig
 from clasp_engine.errors import ConfigError, WeightsNotFoundError
@@ -34,10 +37,10 @@ CPU = torch.device("cpu")
 def _isolated_weights(tmp_path_factory, monkeypatch):
     """No real weights, no network, no Hugging Face cache: every test starts from nothing."""
     empty = tmp_path_factory.mktemp("weights")
-    monkeypatch.setenv("CLASP_WEIGHTS_DIR", str(empty))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(weights_mod, "DEFAULT_WEIGHTS_DIR", empty)
     import huggingface_hub.constants as hf_constants
 
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf_cache")))
 
 
@@ -144,7 +147,7 @@ def vits16_source() -> dict[str, torch.Tensor]:
 def _reference_features(name: str, state_dict: dict[str, torch.Tensor], img: np.ndarray) -> torch.Tensor:
     model = create_vit_model(name, random_init=False)
     model.load_state_dict(state_dict, strict=True, assign=True)
-    return _features(ViTBackbone(name, model, vit_mod.WeightsInfo(kind="random"), CPU), img)
+    return _features(ViTBackbone(name, model, WeightsInfo(kind="random"), CPU), img)
 
 
 def test_dino_official_plain_training_and_timm_layouts_agree(tmp_path: Path, vits16_source) -> None:
@@ -180,7 +183,7 @@ def test_dino_official_plain_training_and_timm_layouts_agree(tmp_path: Path, vit
         bb = ViTBackbone.create("dino_vits16", str(path), CPU)
         assert bb.weights.kind == "pretrained"
         assert bb.weights.source == str(path)
-        assert bb.weights.sha256 == vit_mod.sha256_file(path)
+        assert bb.weights.sha256 == weights_mod.sha256_file(path)
         assert bb.weights.describe() == f"pretrained:{path}"
         torch.testing.assert_close(_features(bb, img), expected, rtol=1e-5, atol=1e-5)
 
@@ -211,7 +214,7 @@ def test_dinov2_official_layout_loads(tmp_path: Path, name: str, registers: bool
     official = _to_official_dinov2(source, registers)
     if registers:
         assert official["pos_embed"].shape[1] == 37 * 37 + 1 and "reg_token" not in official
-    path = tmp_path / vit_mod.SPECS[name].official_file
+    path = tmp_path / SPECS[name].official_file
     torch.save(official, path)
     img = _image(42, 56)
     bb = ViTBackbone.create(name, str(path), CPU)
@@ -261,32 +264,35 @@ def test_no_weights_anywhere_names_both_ways(monkeypatch) -> None:
 
 def test_hub_ids_match_timm() -> None:
     timm = vit_mod.import_timm()
-    for name, spec in vit_mod.SPECS.items():
-        assert timm.models.get_pretrained_cfg(spec.timm_name).hf_hub_id == vit_mod._hf_hub_id(name)
+    for name, spec in SPECS.items():
+        assert timm.models.get_pretrained_cfg(spec.timm_name).hf_hub_id == weights_mod.hf_hub_id(name)
 
 
 def test_failed_download_is_not_retried(monkeypatch) -> None:
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setitem(vit_mod._DOWNLOAD_FAILED, "timm/vit_small_patch16_224.dino", "no route to host")
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setitem(weights_mod._DOWNLOAD_FAILED, "timm/vit_small_patch16_224.dino", "no route to host")
     with pytest.raises(WeightsNotFoundError, match="already failed"):
-        vit_mod.download_weights("dino_vits16")
+        weights_mod.download_weights("dino_vits16")
 
 
-def test_local_weights_discovered(tmp_path: Path, monkeypatch, vits16_source) -> None:
-    monkeypatch.setenv("CLASP_WEIGHTS_DIR", str(tmp_path))
+def test_local_weights_discovered(tmp_path: Path, vits16_source) -> None:
     path = tmp_path / "dino_deitsmall16_pretrain.pth"
     torch.save(vits16_source, path)
-    bb = ViTBackbone.create("dino_vits16", None, CPU)
-    assert bb.weights.source == str(path) and bb.weights.sha256 == vit_mod.sha256_file(path)
+    bb = ViTBackbone.create("dino_vits16", None, CPU, weights_dir=tmp_path)
+    assert bb.weights.source == str(path) and bb.weights.sha256 == weights_mod.sha256_file(path)
+    with pytest.raises(WeightsNotFoundError):  # the folder is the parameter, not a global
+        ViTBackbone.create("dino_vits16", None, CPU)
     from safetensors.torch import save_file
 
     timm_named = tmp_path / "vit_small_patch16_224.dino.safetensors"  # timm layout, timm's name
     save_file(vits16_source, str(timm_named))
     path.unlink()
-    assert ViTBackbone.create("dino_vits16", None, CPU).weights.source == str(timm_named)
-    auto = create_backbone(SegmenterConfig(backbone="auto", features="keys"), CPU)
+    assert ViTBackbone.create("dino_vits16", None, CPU, weights_dir=str(tmp_path)).weights.source == str(timm_named)
+    auto = create_backbone(SegmenterConfig(backbone="auto", features="keys"), CPU, weights_dir=tmp_path)
     assert auto.name == "dino_vits16" and auto.weights.kind == "pretrained" and auto.features == "keys"
-    assert auto.weights.sha256 == vit_mod.sha256_file(timm_named)
+    assert auto.weights.sha256 == weights_mod.sha256_file(timm_named)
 
 
 # ----------------------------------------------------------------------------- create_backbone
