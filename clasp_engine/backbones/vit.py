@@ -176,7 +176,10 @@ class ViTBackbone:
         size = (int(batch.shape[1]), int(batch.shape[2]))
 
         def remember(n: int) -> None:
-            self.batch_limits[size] = max(1, min(self.batch_limits.get(size, n), n // 2))
+            # Halve the limit for this size when a batch within it failed; the halves that a
+            # larger failed batch was split into say nothing new.
+            if n <= self.batch_limits.get(size, self.max_batch):
+                self.batch_limits[size] = max(1, n // 2)
 
         with torch.inference_mode():
             x = to_device(batch, self.device)
