@@ -260,14 +260,16 @@ def test_training_grid_is_left_as_is(checkpoints) -> None:
     assert figures["tokens"][0] < 2e-4 and figures["tokens (timm rule)"][0] < 2e-4
 
 
-if __name__ == "__main__":  # print the fidelity figures
+if __name__ == "__main__":  # print the fidelity figures: python tests/test_backbone_fidelity.py [NAME ...]
+    import sys
     import tempfile
     from pathlib import Path
 
     sizes = [(224, 320), (448, 336), (320, 224)]
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"{'model':18} {'size':>8}  {'features':8}  {'timm rule: max|d|  min cos':>28}  {'official: max|d|  min cos':>28}")
-        for name in MODELS:
+        print(f"{'model':18} {'size':>8}  {'features':8}  {'timm rule: max|d|  1-min cos':>30}  "
+              f"{'official: max|d|  1-min cos':>30}")
+        for name in sys.argv[1:] or MODELS:
             patch = MODELS[name][1]
             path = Path(tmp) / f"{name}.pth"
             torch.save(official_checkpoint(name), path)
@@ -276,4 +278,5 @@ if __name__ == "__main__":  # print the fidelity figures
                 f = compare(name, path, h, w)
                 for feat in ("tokens", "keys"):
                     (bd, bc), (ad, ac) = f[f"{feat} (timm rule)"], f[feat]
-                    print(f"{name:18} {h:>4}x{w:<4} {feat:8}  {bd:14.2e} {bc:13.8f}  {ad:14.2e} {ac:13.8f}", flush=True)
+                    print(f"{name:18} {h:>4}x{w:<4} {feat:8}  {bd:14.2e} {1 - bc:15.2e}  {ad:14.2e} {1 - ac:15.2e}",
+                          flush=True)

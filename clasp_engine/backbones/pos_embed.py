@@ -7,9 +7,13 @@ without registers (interpolate_offset=0.1, interpolate_antialias=False)
 resize by *scale factor* `(grid + 0.1) / M` with antialias off. Bicubic
 sampling follows the scale factor, not the output size, and antialiased
 bicubic uses another kernel, so every size other than the training grid gave
-other features. Measured on random-init ViT-S/16 and DINOv2 ViT-S/14 (see
-tests/test_backbone_fidelity.py and the report of issue 14): timm's rule vs
-the official formula differs; this module matches it to float precision.
+other features. Measured with random weights in the official layouts
+(`python tests/test_backbone_fidelity.py`), patch tokens vs the official
+formula at 224x320, 448x336 and 320x224 (keys alike):
+    timm's rule:  max abs diff 0.18-0.33 (DINO S/8, S/16, B/8, B/16), 0.66-1.16
+                  (DINOv2 S/14); smallest per-patch cosine 0.9945-0.9988 (DINO),
+                  0.965-0.985 (DINOv2)
+    this module:  max abs diff <= 6e-6, 1 - smallest cosine < 5e-9 (float noise)
 DINOv2 with registers is built by Meta with offset 0 and antialias on, which
 is timm's rule; it goes through the same function with those settings.
 """
