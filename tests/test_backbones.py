@@ -23,6 +23,9 @@ from clasp_engine.backbones import (
 )
 from clasp_engine.backbones import classic as classic_mod
 from clasp_engine.backbones import vit as vit_mod
+from clasp_engine.backbones import weights as weights_mod
+from clasp_engine.backbones.base import WeightsInfo
+from clasp_engine.backbones.specs import SPECS
 from clasp_engine.backbones.vit import create_vit_model
 from clasp_engine.config import SegmenterConfig
 from clasp_engine.errors import ConfigError, WeightsNotFoundError
@@ -34,10 +37,10 @@ CPU = torch.device("cpu")
 def _isolated_weights(tmp_path_factory, monkeypatch):
     """No real weights, no network, no Hugging Face cache: every test starts from nothing."""
     empty = tmp_path_factory.mktemp("weights")
-    monkeypatch.setenv("CLASP_WEIGHTS_DIR", str(empty))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(weights_mod, "DEFAULT_WEIGHTS_DIR", empty)
     import huggingface_hub.constants as hf_constants
 
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf_cache")))
 
 
@@ -144,7 +147,7 @@ def vits16_source() -> dict[str, torch.Tensor]:
 def _reference_features(name: str, state_dict: dict[str, torch.Tensor], img: np.ndarray) -> torch.Tensor:
     model = create_vit_model(name, random_init=False)
     model.load_state_dict(state_dict, strict=True, assign=True)
-    return _features(ViTBackbone(name, model, vit_mod.WeightsInfo(kind="random"), CPU), img)
+    return _features(ViTBackbone(name, model, WeightsInfo(kind="random"), CPU), img)
 
 
 def test_dino_official_plain_training_and_timm_layouts_agree(tmp_path: Path, vits16_source) -> None:
@@ -180,7 +183,7 @@ def test_dino_official_plain_training_and_timm_layouts_agree(tmp_path: Path, vit
         bb = ViTBackbone.create("dino_vits16", str(path), CPU)
         assert bb.weights.kind == "pretrained"
         assert bb.weights.source == str(path)
-        assert bb.weights.sha256 == vit_mod.sha256_file(path)
+        assert bb.weights.sha256 == weights_mod.sha256_file(path)
         assert bb.weights.describe() == f"pretrained:{path}"
         torch.testing.assert_close(_features(bb, img), expected, rtol=1e-5, atol=1e-5)
 
@@ -211,7 +214,7 @@ def test_dinov2_official_layout_loads(tmp_path: Path, name: str, registers: bool
     official = _to_official_dinov2(source, registers)
     if registers:
         assert official["pos_embed"].shape[1] == 37 * 37 + 1 and "reg_token" not in official
-    path = tmp_path / vit_mod.SPECS[name].official_file
+    path = tmp_path / SPECS[name].official_file
     torch.save(official, path)
     img = _image(42, 56)
     bb = ViTBackbone.create(name, str(path), CPU)
@@ -261,32 +264,35 @@ def test_no_weights_anywhere_names_both_ways(monkeypatch) -> None:
 
 def test_hub_ids_match_timm() -> None:
     timm = vit_mod.import_timm()
-    for name, spec in vit_mod.SPECS.items():
-        assert timm.models.get_pretrained_cfg(spec.timm_name).hf_hub_id == vit_mod._hf_hub_id(name)
+    for name, spec in SPECS.items():
+        assert timm.models.get_pretrained_cfg(spec.timm_name).hf_hub_id == weights_mod.hf_hub_id(name)
 
 
 def test_failed_download_is_not_retried(monkeypatch) -> None:
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setitem(vit_mod._DOWNLOAD_FAILED, "timm/vit_small_patch16_224.dino", "no route to host")
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setitem(weights_mod._DOWNLOAD_FAILED, "timm/vit_small_patch16_224.dino", "no route to host")
     with pytest.raises(WeightsNotFoundError, match="already failed"):
-        vit_mod.download_weights("dino_vits16")
+        weights_mod.download_weights("dino_vits16")
 
 
-def test_local_weights_discovered(tmp_path: Path, monkeypatch, vits16_source) -> None:
-    monkeypatch.setenv("CLASP_WEIGHTS_DIR", str(tmp_path))
+def test_local_weights_discovered(tmp_path: Path, vits16_source) -> None:
     path = tmp_path / "dino_deitsmall16_pretrain.pth"
     torch.save(vits16_source, path)
-    bb = ViTBackbone.create("dino_vits16", None, CPU)
-    assert bb.weights.source == str(path) and bb.weights.sha256 == vit_mod.sha256_file(path)
+    bb = ViTBackbone.create("dino_vits16", None, CPU, weights_dir=tmp_path)
+    assert bb.weights.source == str(path) and bb.weights.sha256 == weights_mod.sha256_file(path)
+    with pytest.raises(WeightsNotFoundError):  # the folder is the parameter, not a global
+        ViTBackbone.create("dino_vits16", None, CPU)
     from safetensors.torch import save_file
 
     timm_named = tmp_path / "vit_small_patch16_224.dino.safetensors"  # timm layout, timm's name
     save_file(vits16_source, str(timm_named))
     path.unlink()
-    assert ViTBackbone.create("dino_vits16", None, CPU).weights.source == str(timm_named)
-    auto = create_backbone(SegmenterConfig(backbone="auto", features="keys"), CPU)
+    assert ViTBackbone.create("dino_vits16", None, CPU, weights_dir=str(tmp_path)).weights.source == str(timm_named)
+    auto = create_backbone(SegmenterConfig(backbone="auto", features="keys"), CPU, weights_dir=tmp_path)
     assert auto.name == "dino_vits16" and auto.weights.kind == "pretrained" and auto.features == "keys"
-    assert auto.weights.sha256 == vit_mod.sha256_file(timm_named)
+    assert auto.weights.sha256 == weights_mod.sha256_file(timm_named)
 
 
 # ----------------------------------------------------------------------------- create_backbone
@@ -379,3 +385,139 @@ def test_classic_kmeans_regions_on_a_real_photo(shared_data: Path) -> None:
     r, c = linear_sum_assignment(-conf)
     accuracy = conf[r, c].sum() / valid.sum()
     assert accuracy > 0.4, accuracy  # measured ~0.55 (random labels give ~1/k)
+
+
+# ----------------------------------------------------------------------------- "auto" preference
+
+
+def test_auto_prefers_dinov2_reg_then_s16_then_s8(tmp_path: Path) -> None:
+    from clasp_engine.backbones import AUTO_PREFERENCE, auto_backbone_name
+
+    assert AUTO_PREFERENCE == ("dinov2_vits14_reg", "dino_vits16", "dino_vits8")
+    assert auto_backbone_name(None, tmp_path) is None
+    (tmp_path / "dino_vitbase8_pretrain.pth").write_bytes(b"fake")  # not in the preference list
+    assert auto_backbone_name(None, tmp_path) is None
+    (tmp_path / "dino_deitsmall8_pretrain.pth").write_bytes(b"fake")
+    assert auto_backbone_name(None, tmp_path) == "dino_vits8"
+    (tmp_path / "vit_small_patch16_224.dino.safetensors").write_bytes(b"fake")  # timm's name counts too
+    assert auto_backbone_name(None, tmp_path) == "dino_vits16"
+    (tmp_path / "dinov2_vits14_reg4_pretrain.pth").write_bytes(b"fake")
+    assert auto_backbone_name(None, tmp_path) == "dinov2_vits14_reg"
+    assert auto_backbone_name(None, tmp_path / "elsewhere") is None
+    assert auto_backbone_name("random", tmp_path) == "dino_vits16"
+    # create_backbone really takes the preferred file (a fake one fails to load, naming it).
+    with pytest.raises(ConfigError, match="dinov2_vits14_reg4_pretrain.pth"):
+        create_backbone(SegmenterConfig(backbone="auto"), CPU, weights_dir=tmp_path)
+
+
+def test_auto_builds_dinov2_reg_from_its_official_file(tmp_path: Path) -> None:
+    source = {k: v.clone() for k, v in _other_init("dinov2_vits14_reg").state_dict().items()}
+    torch.save(_to_official_dinov2(source, registers=True), tmp_path / "dinov2_vits14_reg4_pretrain.pth")
+    torch.save(source, tmp_path / "unused.pth")
+    (tmp_path / "dino_deitsmall16_pretrain.pth").write_bytes(b"never read: a better backbone is present")
+    bb = create_backbone(SegmenterConfig(backbone="auto"), CPU, weights_dir=tmp_path)
+    assert bb.name == "dinov2_vits14_reg" and bb.patch_size == 14 and bb.num_prefix_tokens == 5
+    assert bb.weights.source == str(tmp_path / "dinov2_vits14_reg4_pretrain.pth")
+    assert _features(bb, _image(28, 42)).shape == (2, 3, 384)
+
+
+def test_engine_reads_no_weights_env(tmp_path: Path, monkeypatch, vits16_source) -> None:
+    """CLASP_WEIGHTS_DIR is the settings' business: the engine only takes weights_dir."""
+    torch.save(vits16_source, tmp_path / "dino_deitsmall16_pretrain.pth")
+    monkeypatch.setenv("CLASP_WEIGHTS_DIR", str(tmp_path))
+    with pytest.warns(RuntimeWarning, match="FALLING BACK"):
+        assert create_backbone(SegmenterConfig(backbone="auto"), CPU).name == AUTO_FALLBACK_NAME
+    assert create_backbone(SegmenterConfig(backbone="auto"), CPU, weights_dir=tmp_path).name == "dino_vits16"
+
+
+def test_no_download_when_not_allowed(monkeypatch) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a download was tried")
+
+    monkeypatch.setattr(weights_mod, "download_weights", no_network)
+    with pytest.raises(WeightsNotFoundError, match="allow_download=False"):
+        ViTBackbone.create("dino_vits16", None, CPU, allow_download=False)
+
+
+# ----------------------------------------------------------------------------- device execution
+
+
+def test_forward_split_on_oom_matches_the_whole_batch() -> None:
+    from clasp_engine.backbones.execution import forward_split_on_oom
+
+    calls: list[int] = []
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return x * 2 + torch.arange(x.shape[1])
+
+    x = torch.randn(7, 5)
+    splits: list[int] = []
+    out = forward_split_on_oom(fn, x, on_split=splits.append)
+    assert torch.equal(out, x * 2 + torch.arange(5))
+    assert splits == [7, 3, 4] and calls == [7, 3, 1, 2, 4, 2, 2]
+    with pytest.raises(torch.OutOfMemoryError):  # a single sample that does not fit still fails
+        forward_split_on_oom(lambda t: (_ for _ in ()).throw(torch.OutOfMemoryError("simulated")), x[:1])
+    with pytest.raises(ValueError):  # other errors are not retried
+        forward_split_on_oom(lambda t: (_ for _ in ()).throw(ValueError("bad")), x)
+
+
+def test_vit_forward_splits_a_batch_that_runs_out_of_memory(monkeypatch) -> None:
+    bb = ViTBackbone.create("dino_vits16", "random", CPU, features="keys", max_batch=8)
+    images = [_image(32, 48, seed) for seed in range(5)]
+    whole = bb.patch_features(images)
+    sizes: list[int] = []
+    real = bb.model.forward_features
+
+    def limited(x: torch.Tensor) -> torch.Tensor:
+        sizes.append(x.shape[0])
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(x)
+
+    monkeypatch.setattr(bb.model, "forward_features", limited)
+    split = bb.patch_features(images)
+    assert sizes == [5, 2, 3, 1, 2]
+    for a, b in zip(split, whole):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert bb.batch_limits == {(32, 48): 2}  # 5 failed: halved; 3 (part of that 5) says nothing new
+    sizes.clear()
+    bb.patch_features(images[:3])  # later batches of that size start at the size that fitted
+    assert sizes == [2, 1]
+    assert bb.patch_features([_image(48, 32)])[0].shape == (3, 2, 384)  # other sizes are unaffected
+
+
+def test_device_helpers_on_cpu(monkeypatch) -> None:
+    from clasp_engine.backbones import execution
+
+    batch = _image(8, 8)[None]
+    t = execution.to_device(batch, CPU)
+    assert t.dtype == torch.uint8 and t.device == CPU and torch.equal(t, torch.from_numpy(batch))
+    assert execution.autocast_dtype(CPU) is None
+    with execution.autocast_for(CPU):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert execution.autocast_dtype(torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert execution.autocast_dtype(torch.device("cuda")) == torch.float16
+
+
+def test_vit_uses_fused_attention(monkeypatch) -> None:
+    bb = _random("dino_vits16")
+    assert all(block.attn.fused_attn for block in bb.model.blocks)
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    _features(bb, _image(32, 32))
+    assert len(calls) == len(bb.model.blocks)
