@@ -39,6 +39,7 @@ from sqlalchemy import Integer, case, cast, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from clasp_engine.result import Diagnostics, Segment, Segmentation
+from integrations.db.embeddings import attach_embeddings
 from integrations.db.masks import decode_mask, encode_mask
 from integrations.db.models import (
     CLAIMED,
@@ -591,6 +592,7 @@ def _segmentation_row(image_id: int, run_id: int, seg: Segmentation, worker_id: 
         )
         for s in seg.segments
     ]
+    attach_embeddings(row.segments, seg)  # issue 12: region embeddings for exemplars and suggestions
     return row
 
 

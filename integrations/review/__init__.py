@@ -1,0 +1,1 @@
+"""Review logic above the database and Label Studio: exemplars from reviews, suggestions."""
