@@ -35,6 +35,7 @@ def attach_embeddings(segment_rows: list[Any], seg: Any) -> None:
     model = embedding_model(seg.diagnostics)
     for row in segment_rows:
         if 0 <= row.label < len(emb) and np.any(emb[row.label]):
-            row.embedding = vector_bytes(emb[row.label], emb.shape[1], what=f"segment {row.label} embedding")
+            vector_bytes(emb[row.label], emb.shape[1], what=f"segment {row.label} embedding")  # checks it
+            row.embedding = emb[row.label].copy()
             row.embedding_dim = int(emb.shape[1])
             row.embedding_model = model
