@@ -174,23 +174,32 @@ class ExemplarIndex:
         return result
 
     def _apply(self, session: Session, *, since: dt.datetime | None) -> RefreshResult:
+        """New rows (id above the highest seen) in full; rows changed since ``since`` by metadata only."""
         result = RefreshResult()
-        last_id = 0
-        while True:
-            q = (select(Exemplar.id, Exemplar.label, Exemplar.active, Exemplar.embedding_dim, Exemplar.updated_at,
-                        Exemplar.embedding)
-                 .where(Exemplar.embedding_model == self.model, Exemplar.id > last_id)
-                 .order_by(Exemplar.id).limit(READ_CHUNK))
-            if since is not None:
-                q = q.where(Exemplar.updated_at >= since)
-            rows = session.execute(q.execution_options(yield_per=READ_CHUNK)).all()
+        meta = (Exemplar.id, Exemplar.label, Exemplar.active, Exemplar.embedding_dim, Exemplar.updated_at)
+        known_max = self.max_id
+        last_id = known_max
+        while True:  # new exemplars, in id order, with their vectors
+            rows = session.execute(select(*meta, Exemplar.embedding)
+                                   .where(Exemplar.embedding_model == self.model, Exemplar.id > last_id)
+                                   .order_by(Exemplar.id).limit(READ_CHUNK)).all()
             if not rows:
                 break
             last_id = rows[-1][0]
-            self._apply_rows(rows, result)
+            self._apply_rows(session, rows, result)
+        if since is not None and known_max:
+            last_id = 0
+            while True:  # relabelled, deactivated, or committed late with a lower id: no vectors read
+                rows = session.execute(select(*meta).where(
+                    Exemplar.embedding_model == self.model, Exemplar.updated_at >= since,
+                    Exemplar.id > last_id, Exemplar.id <= known_max).order_by(Exemplar.id).limit(READ_CHUNK)).all()
+                if not rows:
+                    break
+                last_id = rows[-1][0]
+                self._apply_rows(session, [(*r, None) for r in rows], result)
         return result
 
-    def _apply_rows(self, rows: list, result: RefreshResult) -> None:
+    def _apply_rows(self, session: Session, rows: list, result: RefreshResult) -> None:
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         top = int(ids.max())
         if top >= len(self.codes):
@@ -206,7 +215,7 @@ class ExemplarIndex:
             if active:
                 code = self._code(label)
                 if not known:
-                    add_rows.append((i, emb))
+                    add_rows.append([int(i), emb])
                     result.added += 1
                 elif self.codes[i] != code:
                     result.relabelled += 1
@@ -220,6 +229,12 @@ class ExemplarIndex:
             self.max_id = max(self.max_id, int(eid))
         if remove_ids:
             self.index.remove_ids(np.asarray(remove_ids, dtype=np.int64))
+        missing = [r[0] for r in add_rows if r[1] is None]
+        if missing:
+            got = dict(session.execute(select(Exemplar.id, Exemplar.embedding).where(Exemplar.id.in_(missing))).all())
+            for r in add_rows:
+                if r[1] is None:
+                    r[1] = got[r[0]]
         if add_rows:
             vecs = np.frombuffer(b"".join(bytes(e) if not isinstance(e, np.ndarray) else e.astype(FLOAT32).tobytes()
                                           for _, e in add_rows), dtype=FLOAT32).reshape(len(add_rows), self.dim)
