@@ -15,8 +15,10 @@ and an **inverted file** (``IndexIVFFlat``, ``nprobe`` lists of ``nlist``) above
 it. Both give every worker the same answers from the same database:
 
 - the IVF centroids are not trained by k-means (threaded float sums can differ
-  between machines) but taken as the exemplars at fixed, seeded positions of the
-  id-ordered table, so they are a pure function of the rows;
+  between machines) but taken as the exemplars at fixed, seeded positions among
+  the first 2**e rows by id, e = floor(log2(rows of the model)): a pure function
+  of the table, whatever a worker's refresh history (the index is rebuilt when e
+  changes, i.e. each time the table doubles);
 - list membership is the exact nearest centroid, independent of insertion order;
 - scores are exact inner products of the stored float32 vectors, rounded to
   1e-6, and ties are broken by the lower exemplar id.
@@ -103,6 +105,7 @@ class ExemplarIndex:
         self.watermark: dt.datetime | None = None
         self.max_id = 0
         self.kind = "flat"
+        self.epoch: int | None = None
         self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
 
     # ------------------------------------------------------------------ size and identity
@@ -128,18 +131,28 @@ class ExemplarIndex:
         if dim is None:
             return None
         self = cls(model, dim, exact_max=exact_max, nprobe=nprobe)
-        n_active = session.execute(select(func.count()).select_from(Exemplar).where(
-            Exemplar.embedding_model == model, Exemplar.active.is_(True))).scalar() or 0
-        if n_active > exact_max:
-            self._start_ivf(session, n_active)
+        epoch = self._epoch(session)
+        if epoch is not None:
+            self._start_ivf(session, epoch)
         self._apply(session, since=None)
         return self
 
-    def _start_ivf(self, session: Session, n_active: int) -> None:
-        nlist = int(min(max(NLIST_PER_SQRT * np.sqrt(n_active), 16), 65_536))
-        ids = np.array(session.execute(select(Exemplar.id).where(
-            Exemplar.embedding_model == self.model, Exemplar.active.is_(True)).order_by(Exemplar.id)
-        ).scalars().all(), dtype=np.int64)
+    def _epoch(self, session: Session) -> int | None:
+        """None for exact search; else floor(log2(rows)), which fixes the IVF centroids.
+
+        Counted over all rows of the model (deactivated ones too: they never go away),
+        so that every worker derives the same epoch, hence the same centroids, from
+        the same table, whatever its refresh history.
+        """
+        n_rows = session.execute(select(func.count()).select_from(Exemplar).where(
+            Exemplar.embedding_model == self.model)).scalar() or 0
+        return None if n_rows <= self.exact_max else int(np.floor(np.log2(n_rows)))
+
+    def _start_ivf(self, session: Session, epoch: int) -> None:
+        source = 2 ** epoch  # centroids come from the first 2**epoch rows by id
+        nlist = int(min(max(NLIST_PER_SQRT * np.sqrt(source), 16), 65_536, source))
+        ids = np.array(session.execute(select(Exemplar.id).where(Exemplar.embedding_model == self.model)
+                                       .order_by(Exemplar.id).limit(source)).scalars().all(), dtype=np.int64)
         pick = np.sort(np.random.default_rng(SEED).choice(len(ids), size=min(nlist, len(ids)), replace=False))
         chosen = ids[pick]
         vecs = []
@@ -153,18 +166,17 @@ class ExemplarIndex:
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, len(centroids), faiss.METRIC_INNER_PRODUCT)
         ivf.is_trained = True  # centroids chosen from the data, not trained: the same on every worker
         ivf.nprobe = self.nprobe
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # remove_ids / reconstruct by exemplar id
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # remove_ids by exemplar id
         ivf.own_fields = True
         quantizer.this.disown()
         self.index = ivf
         self.kind = "ivf"
+        self.epoch = epoch
 
     def refresh(self, session: Session) -> RefreshResult:
         """Apply the exemplar rows changed since the watermark; rebuilds when the index outgrows exact search."""
         t0 = time.perf_counter()
-        n_active = session.execute(select(func.count()).select_from(Exemplar).where(
-            Exemplar.embedding_model == self.model, Exemplar.active.is_(True))).scalar() or 0
-        if self.kind == "flat" and n_active > self.exact_max:
+        if self._epoch(session) != self.epoch:  # crossed into IVF, or the row count doubled: new centroids
             fresh = ExemplarIndex.build(session, self.model, exact_max=self.exact_max, nprobe=self.nprobe)
             self.__dict__.update(fresh.__dict__)
             return RefreshResult(added=self.size, rebuilt=True, seconds=time.perf_counter() - t0)
@@ -290,8 +302,8 @@ class ExemplarIndex:
         meta = path.with_name(path.name + ".npz")
         tmp_meta = meta.with_name(meta.name + f".tmp{os.getpid()}.npz")
         np.savez(tmp_meta, codes=self.codes, label_names=np.array(self.label_names, dtype=object),
-                 model=self.model, dim=self.dim, kind=self.kind, max_id=self.max_id, exact_max=self.exact_max,
-                 nprobe=self.nprobe,
+                 model=self.model, dim=self.dim, kind=self.kind, epoch=-1 if self.epoch is None else self.epoch,
+                 max_id=self.max_id, exact_max=self.exact_max, nprobe=self.nprobe,
                  watermark="" if self.watermark is None else self.watermark.isoformat())
         os.replace(tmp_meta, meta)
         return path
@@ -306,6 +318,7 @@ class ExemplarIndex:
         if isinstance(self.index, faiss.IndexIVF):
             self.index.nprobe = self.nprobe
         self.kind = str(meta["kind"])
+        self.epoch = None if int(meta["epoch"]) < 0 else int(meta["epoch"])
         self.codes = meta["codes"].astype(np.int32)
         self.label_names = [str(x) for x in meta["label_names"]]
         self._label_code = {n: i for i, n in enumerate(self.label_names)}
