@@ -156,3 +156,40 @@ def test_exemplar_index_is_isolated_by_backbone(session, tmp_path, caplog):  # n
     index = load_or_build(session, "dino_vits8|pretrained:timm|abcd|tokens", tmp_path)
     assert index.size == 3 and index.label_names == ["weapon"]
     assert {lab for row in index.search(_unit(rng, 4), 10).labels for lab in row} == {"weapon", None}
+
+
+class _Client:
+    """Just what sync_reviews reads: the project's annotated tasks (predictions inline)."""
+
+    def __init__(self, tasks):
+        self.tasks = tasks
+
+    def annotated_tasks(self, project_id):
+        return self.tasks
+
+    def task_predictions(self, task_id):
+        return []
+
+
+def test_sync_reviews_upserts_the_exemplars_of_new_and_edited_annotations(session):  # noqa: F811
+    from integrations.db.reviews import sync_reviews
+    from integrations.label_studio.client import Project
+
+    rng = np.random.default_rng(5)
+    sid, _ = _stored(session, _unit(rng, 3))
+    from integrations.db.models import Segmentation
+
+    link = ReviewLink(image_id=session.get(Segmentation, sid).image_id, segmentation_id=sid, ls_project_id=3,
+                      ls_task_id=70, model_version="mv")
+    session.add(link)
+    session.commit()
+    bands = _bands()
+    task = {"id": 70, "predictions": [{"model_version": "mv", "result": _result(bands, {})}],
+            "annotations": [{"id": 500, "result": _result(bands, {0: "drugs", 1: "safe", 2: "safe"})}]}
+    project = Project(id=3, title="p", label_config="")
+    res = sync_reviews(_Client([task]), project, session)
+    assert res.reviews_new == 1 and res.exemplars["added"] == 3
+    task["annotations"][0]["result"] = _result(bands, {0: "weapon", 1: "safe", 2: "safe"})
+    res = sync_reviews(_Client([task]), project, session)
+    assert res.reviews_updated == 1 and res.exemplars["relabelled"] == 1 and res.exemplars["unchanged"] == 2
+    assert sorted(e.label for e in session.execute(select(Exemplar)).scalars()) == ["safe", "safe", "weapon"]

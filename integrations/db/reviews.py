@@ -189,6 +189,7 @@ class SyncResult:
     stats: dict[str, Any] = field(default_factory=dict)  # aggregate over the reviews seen now
     per_task: dict[int, dict[str, Any]] = field(default_factory=dict)  # task id -> survival (latest annotation)
     error: str | None = None
+    exemplars: dict[str, Any] = field(default_factory=dict)  # issue 12: what the new reviews taught (ExemplarUpdate)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -254,6 +255,7 @@ def sync_reviews(
         for row in session.execute(select(Review).where(Review.ls_annotation_id.in_(chunk))).scalars():
             reviews[row.ls_annotation_id] = row
     seen_stats = []
+    changed: list[Review] = []  # new or edited reviews: their exemplars are upserted after the commit
     reviewed_images: set[int] = set()
     for task in tasks:
         result.tasks_seen += 1
@@ -286,12 +288,14 @@ def sync_reviews(
                     survival=stats,
                 )
                 session.add(reviews[ann_id])
+                changed.append(reviews[ann_id])
                 result.reviews_new += 1
             elif row.result != ann.get("result", []) or row.survival != stats:
                 row.result = ann.get("result", [])
                 row.survival = stats
                 row.reviewer = _reviewer(ann)
                 row.completed_at = _when(ann)
+                changed.append(row)
                 result.reviews_updated += 1
             else:
                 result.unchanged += 1
@@ -307,6 +311,12 @@ def sync_reviews(
         )
     session.commit()
     result.stats = aggregate(seen_stats)
+    if changed:  # issue 12: learning from reviews (exemplars for label suggestions)
+        from dataclasses import asdict
+
+        from integrations.review.exemplars import exemplars_from_reviews
+
+        result.exemplars = asdict(exemplars_from_reviews(session, changed, labeling=labeling, match_iou=match_iou))
     return result
 
 
