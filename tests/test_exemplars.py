@@ -193,3 +193,24 @@ def test_sync_reviews_upserts_the_exemplars_of_new_and_edited_annotations(sessio
     res = sync_reviews(_Client([task]), project, session)
     assert res.reviews_updated == 1 and res.exemplars["relabelled"] == 1 and res.exemplars["unchanged"] == 2
     assert sorted(e.label for e in session.execute(select(Exemplar)).scalars()) == ["safe", "safe", "weapon"]
+
+
+def test_a_stored_segmentation_gets_suggestions_from_exemplars_of_its_model(session, tmp_path):  # noqa: F811
+    from integrations.review.suggestions import segmentation_suggestions
+
+    rng = np.random.default_rng(6)
+    emb = _unit(rng, 3)
+    sid, model = _stored(session, emb)
+    assert segmentation_suggestions(session, sid, tmp_path) == ({0: _neutral(), 1: _neutral(), 2: _neutral()}, None)
+    near = emb[[0, 0, 0, 1, 1, 1]] + 0.01 * rng.normal(size=(6, 8)).astype(np.float32)
+    insert_exemplars(session, ["weapon"] * 3 + ["safe"] * 3, near / np.linalg.norm(near, axis=1, keepdims=True), model)
+    insert_exemplars(session, ["drugs"] * 3, emb[[2, 2, 2]], "classic|none|-|tokens")  # another backbone: unseen
+    got, version = segmentation_suggestions(session, sid, tmp_path)
+    assert got[0].label == "weapon" and got[1].label == "safe" and got[2].label in {"weapon", "safe"}
+    assert version.startswith("ex-") and "-n6-" in version
+
+
+def _neutral():
+    from integrations.review.suggestions import NEUTRAL
+
+    return NEUTRAL
