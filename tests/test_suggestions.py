@@ -131,3 +131,18 @@ def test_prediction_carries_confident_labels_and_a_risk_score():
     assert out["score"] == pytest.approx(0.7)  # highest confident non-safe label
     assert out["model_version"] == "mv+ex-1" and pred["result"][0]["value"]["brushlabels"] == ["region"]
     assert task_score([Suggestion("safe", 0.9)], threshold=0.5) == 0.0
+
+
+def test_pushed_regions_take_the_suggestion_of_the_segment_they_are_named_after():
+    import numpy as np
+
+    from integrations.label_studio.predictions import RegionPolicy, build_prediction
+    from integrations.review.suggestions import region_suggestion_map
+
+    labels = np.zeros((20, 20), np.int32)
+    labels[:, 10:] = 1
+    labels[0, 0] = 2  # one pixel: merged into segment 0
+    built = build_prediction(labels, None, model_version="mv", policy=RegionPolicy(min_area=5))
+    sugs = {0: Suggestion("safe", 0.9), 1: Suggestion("weapon", 0.8), 2: Suggestion("drugs", 0.99)}
+    m = region_suggestion_map(built.regions, sugs)
+    assert {k: v.label for k, v in m.items()} == {"clasp-0": "safe", "clasp-1": "weapon"}

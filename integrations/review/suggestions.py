@@ -139,12 +139,13 @@ def apply_suggestions(
 
 
 def region_suggestion_map(regions: Iterable[Any], suggestions_by_segment: dict[int, Suggestion]) -> dict[str, Suggestion]:
-    """Suggestion of each pushed region: that of its largest member segment (``Region.labels[0]``)."""
+    """Suggestion of each pushed region (``Region``: ``region_id`` ``clasp-<g>``, member segments
+    ``labels``): that of segment ``g``, the one the smaller members were merged into."""
     out = {}
     for r in regions:
-        members = [m for m in r.labels if m in suggestions_by_segment]
-        if members:
-            out[r.region_id] = suggestions_by_segment[members[0]]
+        g = int(str(r.region_id).rsplit("-", 1)[-1])
+        if g in suggestions_by_segment:
+            out[r.region_id] = suggestions_by_segment[g]
     return out
 
 
