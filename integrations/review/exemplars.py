@@ -161,9 +161,9 @@ def exemplars_from_review(
             continue
         if ex is None:
             _check_dimension(session, row.embedding_model, int(row.embedding_dim))
-            session.add(Exemplar(segment_id=row.id, label=m.label, embedding=row.embedding, embedding_dim=row.embedding_dim,
-                                 embedding_model=row.embedding_model, review_id=review.id, active=True,
-                                 created_at=now, updated_at=now))
+            session.add(Exemplar(segment_id=row.id, label=m.label, embedding=row.embedding,
+                                 embedding_dim=row.embedding_dim, embedding_model=row.embedding_model,
+                                 review_id=review.id, active=True, created_at=now, updated_at=now))
             report.added += 1
         elif ex.label != m.label or not ex.active:
             ex.label, ex.active, ex.review_id, ex.updated_at = m.label, True, review.id, now

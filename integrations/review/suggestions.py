@@ -138,7 +138,8 @@ def apply_suggestions(
     return out
 
 
-def region_suggestion_map(regions: Iterable[Any], suggestions_by_segment: dict[int, Suggestion]) -> dict[str, Suggestion]:
+def region_suggestion_map(regions: Iterable[Any], suggestions_by_segment: dict[int, Suggestion]
+                          ) -> dict[str, Suggestion]:
     """Suggestion of each pushed region (``Region``: ``region_id`` ``clasp-<g>``, member segments
     ``labels``): that of segment ``g``, the one the smaller members were merged into."""
     out = {}
