@@ -8,7 +8,8 @@ Library: faiss-cpu (Meta, released monthly), chosen by measurement on this
   meet 5 ms per region at scale;
 - ``IndexHNSWFlat`` (M=32), 100k vectors: 196 s to build, 1.3 ms per query,
   and its graph depends on insertion order and thread timing;
-- usearch HNSW: same build-order caveat (see the report for its figures).
+- usearch 2.26 HNSW: a 100k build had not finished after ~12 minutes of wall
+  time on the loaded machine (stopped), and has the same build-order caveat.
 
 So the index is **exact below** ``EXACT_MAX`` active exemplars (``IndexFlatIP``)
 and an **inverted file** (``IndexIVFFlat``, ``nprobe`` lists of ``nlist``) above
@@ -50,7 +51,7 @@ from integrations.db.vector import FLOAT32, VectorDimensionError
 
 log = logging.getLogger(__name__)
 
-EXACT_MAX = 50_000  # exact search up to this many active exemplars (~5 ms per region measured at 50k in a batch)
+EXACT_MAX = 50_000  # exact search up to this many rows: ~6 ms per region at 50k (12 ms at 100k, measured)
 NLIST_PER_SQRT = 4  # IVF lists = 4 * sqrt(n) at the first IVF build (1M -> 4000)
 NPROBE = 16  # lists scanned per query
 OVERLAP = dt.timedelta(minutes=5)  # re-read window behind the watermark (clock skew between workers)
