@@ -69,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", type=int, default=3, metavar="N",
                         help="best and worst images shown in the report grid (default 3 each)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from clasp_cli import evaluate_suggestions  # issue 12: --suggestions, --reviewed-fraction, --seed
+
+    evaluate_suggestions.add_arguments(parser)
 
 
 def _err(msg: str) -> None:
@@ -124,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
         write_label_map,
     )
 
+    if getattr(args, "suggestions", False):  # issue 12: simulated reviews and label suggestions
+        from clasp_cli import evaluate_suggestions
+
+        return evaluate_suggestions.run(args)
     started = time.perf_counter()
     try:
         ds = open_dataset(args.dataset)

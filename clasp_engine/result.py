@@ -69,6 +69,8 @@ class Segmentation:
     patch_labels: np.ndarray  # (rows, cols) on the patch grid
     segments: list[Segment]
     diagnostics: Diagnostics
+    # (K, d) float32, row i = unit mean patch feature of segment i (clasp_engine.embed); None when not computed.
+    region_embeddings: np.ndarray | None = None
 
     @property
     def k(self) -> int:

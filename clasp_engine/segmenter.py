@@ -17,6 +17,7 @@ import torch
 from clasp_engine import __version__
 from clasp_engine.cluster import Clustering, spectral_embedding, spectral_kmeans
 from clasp_engine.config import SegmenterConfig
+from clasp_engine.embed import region_embeddings
 from clasp_engine.graph import affinity, leading_eigenpairs
 from clasp_engine.refine import crf_labels, upsample_labels
 from clasp_engine.result import Diagnostics, Segment, Segmentation
@@ -184,7 +185,9 @@ class Segmenter:
             warnings=warnings,
             solver=spectrum.solver,
         )
-        return Segmentation(labels=labels, patch_labels=patch_labels, segments=segments, diagnostics=diagnostics)
+        embeddings = region_embeddings(feats.detach().float().cpu().numpy(), patch_labels, k)
+        return Segmentation(labels=labels, patch_labels=patch_labels, segments=segments, diagnostics=diagnostics,
+                            region_embeddings=embeddings)
 
 
 def _compact(labels: np.ndarray, patch_labels: np.ndarray, k_before: int

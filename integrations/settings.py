@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     label_studio_small_segments: Literal["merge", "drop"] = "merge"
     label_studio_max_regions: int = Field(40, ge=1)
 
+    # --- label suggestions from reviews (issue 12; integrations.review.suggestions) ---
+    # kNN vote share at or above which a suggested label is pushed (README: chosen by measurement)
+    suggestion_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    exemplar_index_dir: Path = Path("clasp-output/exemplar-index")
+
     def label_studio_token(self) -> SecretStr | None:
         """The token from the environment, else from the file named by LABEL_STUDIO_API_KEY_FILE."""
         if self.label_studio_api_key is not None:

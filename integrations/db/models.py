@@ -38,6 +38,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from integrations.db.vector import Vector
+
 # Image lifecycle. `waiting` -> `claimed` -> `segmented` -> `sent_for_review` -> `reviewed`;
 # `claimed` -> `waiting` again on a retryable failure or an expired lease, `failed` at the end.
 WAITING = "waiting"
@@ -222,7 +224,11 @@ class SegmentRow(Base):
     """One region of a segmentation: area, bounding box, confidence."""
 
     __tablename__ = "segments"
-    __table_args__ = (UniqueConstraint("segmentation_id", "label"),)
+    __table_args__ = (
+        UniqueConstraint("segmentation_id", "label"),
+        # bytes = 4 x dimension: a vector of the wrong length never lands (octet length on both backends)
+        CheckConstraint("embedding IS NULL OR length(embedding) = 4 * embedding_dim", name="embedding_dim"),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     segmentation_id: Mapped[int] = mapped_column(ForeignKey("segmentations.id", ondelete="CASCADE"))
@@ -233,6 +239,10 @@ class SegmentRow(Base):
     x1: Mapped[int] = mapped_column(Integer)
     y1: Mapped[int] = mapped_column(Integer)
     confidence: Mapped[float] = mapped_column(Float)
+    # --- region embedding (issue 12): mean patch feature, L2-normalised, and the model that made it
+    embedding: Mapped[Any | None] = mapped_column(Vector())
+    embedding_dim: Mapped[int | None] = mapped_column(Integer)
+    embedding_model: Mapped[str | None] = mapped_column(String(300))
 
     segmentation: Mapped[SegmentationRecord] = relationship(back_populates="segments")
 
@@ -301,3 +311,38 @@ class Review(Base):
     )
 
     review_link: Mapped[ReviewLink] = relationship(back_populates="reviews")
+
+
+# --------------------------------------------------------------------------- exemplars (issue 12)
+
+
+class Exemplar(Base):
+    """A reviewed region: the final label a reviewer gave a proposal, with that proposal's embedding.
+
+    One row per proposal (segment). A later review of the same task replaces the
+    label; a proposal the reviewer deleted is kept as ``active = False`` so that
+    incremental index refreshes see the removal (they read rows by ``updated_at``).
+    """
+
+    __tablename__ = "exemplars"
+    __table_args__ = (
+        CheckConstraint("length(embedding) = 4 * embedding_dim", name="embedding_dim"),
+        Index("ix_exemplars_model_updated", "embedding_model", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    segment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("segments.id", ondelete="CASCADE"), unique=True
+    )
+    label: Mapped[str] = mapped_column(String(100))
+    embedding: Mapped[Any] = mapped_column(Vector())
+    embedding_dim: Mapped[int] = mapped_column(Integer)
+    embedding_model: Mapped[str] = mapped_column(String(300))
+    review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id", ondelete="SET NULL"), index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
+    created_at: Mapped[dt.datetime] = mapped_column(
+        UTCDateTime, default=utcnow, server_default=func.current_timestamp()
+    )
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow, server_default=func.current_timestamp()
+    )

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from clasp_engine.result import Diagnostics, Segment, Segmentation
 from integrations.db.batching import commit_or_flush
+from integrations.db.embeddings import attach_embeddings
 from integrations.db.dialect import db_now, dialect_name
 from integrations.db.jsonsafe import from_json, to_json
 from integrations.db.masks import decode_label_map, encode_label_map
@@ -132,6 +133,7 @@ def _segmentation_row(image_id: int, run_id: int, seg: Segmentation, worker_id: 
         )
         for s in seg.segments
     ]
+    attach_embeddings(row.segments, seg)  # region embeddings for exemplars and suggestions
     return row
 
 

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -19,6 +19,7 @@ from integrations.db.reviews import mark_reviewed, project_links, reviews_by_ann
 from integrations.label_studio.client import LabelStudioClient, LabelStudioUnavailable, Project
 from integrations.label_studio.config import LabelingConfig
 from integrations.label_studio.review import aggregate, regions_from_result, survival
+from integrations.review.exemplars import exemplars_from_reviews
 from integrations.review.push import project_url
 from integrations.settings import Settings
 
@@ -35,6 +36,7 @@ class SyncResult:
     stats: dict[str, Any] = field(default_factory=dict)  # aggregate over the reviews seen now
     per_task: dict[int, dict[str, Any]] = field(default_factory=dict)  # task id -> survival (latest annotation)
     error: str | None = None
+    exemplars: dict[str, Any] = field(default_factory=dict)  # what the new reviews taught (ExemplarUpdate)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -100,6 +102,7 @@ def pull_reviews(
         ],
     )
     seen_stats = []
+    changed: list = []  # new or edited reviews: their exemplars are upserted after the commit
     reviewed_images: set[int] = set()
     for task in tasks:
         result.tasks_seen += 1
@@ -134,6 +137,8 @@ def pull_reviews(
                 result.reviews_new += 1
             elif outcome == "updated":
                 result.reviews_updated += 1
+            if outcome in ("new", "updated"):
+                changed.append(stored[int(ann["id"])])
             else:
                 result.unchanged += 1
             result.per_task[tid] = stats
@@ -142,6 +147,9 @@ def pull_reviews(
     mark_reviewed(session, reviewed_images)
     session.commit()
     result.stats = aggregate(seen_stats)
+    if changed:  # learning from reviews: exemplars for label suggestions
+        update = exemplars_from_reviews(session, changed, labeling=labeling, match_iou=match_iou)
+        result.exemplars = asdict(update)
     return result
 
 

@@ -1,0 +1,216 @@
+"""Exemplars from synced reviews, the portable vector column, and dimension checks."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from conftest_db import db_url, make_segmentation, migrated_url, pg_url, session, sqlite_url  # noqa: F401
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+
+from integrations.db import add_images, claim_batch, start_run, store_segmentation
+from integrations.db.embeddings import embedding_model
+from integrations.db.models import Exemplar, Review, ReviewLink, SegmentRow
+from integrations.db import ImageInput
+from integrations.db.vector import Vector, VectorDimensionError, vector_bytes
+from integrations.label_studio.config import LabelingConfig
+from integrations.label_studio.predictions import build_prediction
+from integrations.review.exemplar_index import load_or_build
+from integrations.review.exemplars import exemplars_from_reviews, insert_exemplars
+
+H, W = 48, 64
+
+
+def _bands() -> np.ndarray:
+    """Three vertical bands: segments 0, 1, 2."""
+    return (np.arange(W)[None, :] * 3 // W).repeat(H, 0).astype(np.int32)
+
+
+def _stored(session, embeddings: np.ndarray, backbone: str = "dino_vits8") -> tuple[int, str]:
+    """A stored segmentation of the three bands with the given region embeddings; (segmentation id, model)."""
+    seg = make_segmentation(H, W, 3, labels=_bands())
+    seg.diagnostics.backbone = backbone
+    seg.region_embeddings = np.asarray(embeddings, dtype=np.float32)
+    n = session.execute(select(SegmentRow.id)).all()
+    add_images(session, [ImageInput(f"/x/{backbone}-{len(n)}.png", f"{len(n):064x}"[-64:], 10)])
+    (claimed,) = claim_batch(session, "w", 1, lease_seconds=60)
+    run = start_run(session, {"backbone": backbone}, engine_version="0.1.0", backbone=backbone)
+    run_id = run if isinstance(run, int) else run.id
+    sid = store_segmentation(session, claimed.id if hasattr(claimed, "id") else claimed.image_id, run_id, seg, "w")
+    return sid, embedding_model(seg.diagnostics)
+
+
+def _result(label_map: np.ndarray, labels: dict[int, str]) -> list[dict]:
+    """A Label Studio brush result: one region per label of `label_map`, labelled as given."""
+    config = LabelingConfig()
+    pred = build_prediction(label_map, None, model_version="mv", config=config).prediction
+    out = []
+    for region in pred["result"]:
+        g = int(region["id"].split("-")[1])
+        region = dict(region, value={**region["value"], "brushlabels": [labels.get(g, config.neutral_label)]})
+        out.append(region)
+    return out
+
+
+def _review(session, sid: int, result: list[dict], ann_id: int, task_id: int = 7) -> Review:
+    link = session.execute(select(ReviewLink).where(ReviewLink.segmentation_id == sid)).scalar()
+    if link is None:
+        from integrations.db.models import SegmentationRecord
+
+        image_id = session.get(SegmentationRecord, sid).image_id
+        link = ReviewLink(image_id=image_id, segmentation_id=sid, ls_project_id=1, ls_task_id=task_id,
+                          model_version="mv")
+        session.add(link)
+        session.flush()
+    review = Review(review_link_id=link.id, ls_annotation_id=ann_id, result=result)
+    session.add(review)
+    session.commit()
+    return review
+
+
+def _unit(rng, n, d=8):
+    v = rng.normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_exemplars_from_a_synced_review_follow_edits_and_deletions(session, caplog):  # noqa: F811
+    rng = np.random.default_rng(0)
+    emb = _unit(rng, 3)
+    sid, model = _stored(session, emb)
+    bands = _bands()
+    final = bands.copy()
+    final[:, 20:24] = 0  # segment 1 redrawn: band 1 loses 4 of its 21 columns (IoU ~0.8)
+    final[bands == 2] = 9  # segment 2 deleted ...
+    final[:5, 50:60] = 3  # ... and a small hand-drawn region that matches no proposal
+    final[final == 9] = 4
+    first = _result(final, {0: "violence", 1: "safe", 3: "weapon"})
+    first = [r for r in first if r["id"] != "clasp-4"]  # band 2 removed by the reviewer
+    caplog.set_level(logging.INFO, logger="integrations.review.exemplars")
+    report = exemplars_from_reviews(session, [_review(session, sid, first, ann_id=100)])
+    assert (report.added, report.unmatched_regions, report.deactivated) == (2, 1, 0)
+    assert "match no proposal" in caplog.text
+    rows = {e.label: e for e in session.execute(select(Exemplar)).scalars()}
+    assert set(rows) == {"violence", "safe"}
+    seg_of = {r.id: r.label for r in session.execute(select(SegmentRow).where(SegmentRow.segmentation_id == sid))
+              .scalars()}
+    assert seg_of[rows["violence"].segment_id] == 0 and seg_of[rows["safe"].segment_id] == 1
+    np.testing.assert_allclose(rows["violence"].embedding, emb[0], rtol=1e-6)
+    assert rows["violence"].embedding_model == model and rows["violence"].embedding_dim == 8
+
+    # an edited annotation: segment 0 relabelled, segment 1 given a label outside the config
+    second = _result(bands, {0: "weapon", 1: "banana", 2: "drugs"})
+    caplog.clear()
+    report = exemplars_from_reviews(session, [_review(session, sid, second, ann_id=101)])
+    assert (report.added, report.relabelled, report.deactivated) == (1, 1, 1)
+    assert report.unknown_labels == {"banana": 1} and "'banana' is not in the project's config" in caplog.text
+    active = {seg_of[e.segment_id]: e.label for e in session.execute(select(Exemplar)).scalars() if e.active}
+    assert active == {0: "weapon", 2: "drugs"}
+    assert session.execute(select(Exemplar).where(Exemplar.label == "violence")).first() is None
+
+
+def test_dimension_mismatch_is_a_clear_error_at_insert(session):  # noqa: F811
+    rng = np.random.default_rng(1)
+    insert_exemplars(session, ["safe", "drugs"], _unit(rng, 2, 8), "m")
+    with pytest.raises(VectorDimensionError, match="dimension 9 .* dimension 8"):
+        insert_exemplars(session, ["safe"], _unit(rng, 1, 9), "m")
+    insert_exemplars(session, ["safe"], _unit(rng, 1, 9), "another model")  # its own dimension: fine
+    with pytest.raises(VectorDimensionError, match="3 values for a column of dimension 4"):
+        vector_bytes([1, 2, 3], 4)
+    with pytest.raises(VectorDimensionError, match="NaN"):
+        vector_bytes([1, float("nan")], 2)
+    with pytest.raises(VectorDimensionError):
+        Vector(4).process_bind_param(b"\0" * 12, None)
+    # the database itself refuses bytes that do not hold embedding_dim float32 values
+    with pytest.raises(IntegrityError):
+        session.execute(text("INSERT INTO exemplars (label, embedding, embedding_dim, embedding_model, active, "
+                             "created_at, updated_at) VALUES ('safe', :e, 8, 'm', true, CURRENT_TIMESTAMP, "
+                             "CURRENT_TIMESTAMP)"), {"e": b"\0" * 12})
+        session.flush()
+    session.rollback()
+
+
+def test_segments_store_their_embedding_with_the_backbone_identity(session):  # noqa: F811
+    rng = np.random.default_rng(2)
+    emb = _unit(rng, 3, 5)
+    emb[1] = 0  # a segment with no patch: no embedding
+    sid, model = _stored(session, emb, backbone="classic")
+    rows = session.execute(select(SegmentRow).where(SegmentRow.segmentation_id == sid).order_by(SegmentRow.label)
+                           ).scalars().all()
+    np.testing.assert_allclose(rows[0].embedding, emb[0])
+    assert rows[1].embedding is None and rows[1].embedding_model is None
+    assert rows[2].embedding_dim == 5 and rows[2].embedding_model == model and model.startswith("classic|")
+
+
+def test_exemplar_index_is_isolated_by_backbone(session, tmp_path, caplog):  # noqa: F811
+    rng = np.random.default_rng(3)
+    insert_exemplars(session, ["safe"] * 5, _unit(rng, 5), "classic|none|-|tokens")
+    assert load_or_build(session, "dino_vits8|pretrained:timm|abcd|tokens", tmp_path) is None
+    from integrations.review.suggestions import suggest
+
+    caplog.set_level(logging.INFO, logger="integrations.review.suggestions")
+    out = suggest(None, _unit(rng, 2))
+    assert [s.label for s in out] == [None, None] and "no exemplars" in caplog.text
+    insert_exemplars(session, ["weapon"] * 3, _unit(rng, 3), "dino_vits8|pretrained:timm|abcd|tokens")
+    index = load_or_build(session, "dino_vits8|pretrained:timm|abcd|tokens", tmp_path)
+    assert index.size == 3 and index.label_names == ["weapon"]
+    assert {lab for row in index.search(_unit(rng, 4), 10).labels for lab in row} == {"weapon", None}
+
+
+class _Client:
+    """Just what sync_reviews reads: the project's annotated tasks (predictions inline)."""
+
+    def __init__(self, tasks):
+        self.tasks = tasks
+
+    def annotated_tasks(self, project_id):
+        return self.tasks
+
+    def task_predictions(self, task_id):
+        return []
+
+
+def test_sync_reviews_upserts_the_exemplars_of_new_and_edited_annotations(session):  # noqa: F811
+    from integrations.db.reviews import sync_reviews
+    from integrations.label_studio.client import Project
+
+    rng = np.random.default_rng(5)
+    sid, _ = _stored(session, _unit(rng, 3))
+    from integrations.db.models import SegmentationRecord
+
+    link = ReviewLink(image_id=session.get(SegmentationRecord, sid).image_id, segmentation_id=sid, ls_project_id=3,
+                      ls_task_id=70, model_version="mv")
+    session.add(link)
+    session.commit()
+    bands = _bands()
+    task = {"id": 70, "predictions": [{"model_version": "mv", "result": _result(bands, {})}],
+            "annotations": [{"id": 500, "result": _result(bands, {0: "drugs", 1: "safe", 2: "safe"})}]}
+    project = Project(id=3, title="p", label_config="")
+    res = sync_reviews(_Client([task]), project, session)
+    assert res.reviews_new == 1 and res.exemplars["added"] == 3
+    task["annotations"][0]["result"] = _result(bands, {0: "weapon", 1: "safe", 2: "safe"})
+    res = sync_reviews(_Client([task]), project, session)
+    assert res.reviews_updated == 1 and res.exemplars["relabelled"] == 1 and res.exemplars["unchanged"] == 2
+    assert sorted(e.label for e in session.execute(select(Exemplar)).scalars()) == ["safe", "safe", "weapon"]
+
+
+def test_a_stored_segmentation_gets_suggestions_from_exemplars_of_its_model(session, tmp_path):  # noqa: F811
+    from integrations.review.suggestions import segmentation_suggestions
+
+    rng = np.random.default_rng(6)
+    emb = _unit(rng, 3)
+    sid, model = _stored(session, emb)
+    assert segmentation_suggestions(session, sid, tmp_path) == ({0: _neutral(), 1: _neutral(), 2: _neutral()}, None)
+    near = emb[[0, 0, 0, 1, 1, 1]] + 0.01 * rng.normal(size=(6, 8)).astype(np.float32)
+    insert_exemplars(session, ["weapon"] * 3 + ["safe"] * 3, near / np.linalg.norm(near, axis=1, keepdims=True), model)
+    insert_exemplars(session, ["drugs"] * 3, emb[[2, 2, 2]], "classic|none|-|tokens")  # another backbone: unseen
+    got, version = segmentation_suggestions(session, sid, tmp_path)
+    assert got[0].label == "weapon" and got[1].label == "safe" and got[2].label in {"weapon", "safe"}
+    assert version.startswith("ex-") and "-n6-" in version
+
+
+def _neutral():
+    from integrations.review.suggestions import NEUTRAL
+
+    return NEUTRAL
