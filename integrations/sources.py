@@ -16,9 +16,13 @@ Sources:
   services. The connection goes to the address that was checked (no DNS
   rebinding between the check and the request), redirects are followed by hand
   (at most 5) and every hop is checked again. Environment proxies are ignored;
-- anything else with a scheme (`s3://`, `gs://`, `memory://` ...) through
-  `fsspec`, an optional extra (`pip install clasp[fsspec]` plus the store's
-  own package, e.g. s3fs).
+- anything else with a scheme (`s3://`, `gs://`, `memory://`, `ftp://`, chained
+  `simplecache::ftp://...` ...) through `fsspec`, an optional extra (`pip install
+  clasp[fsspec]` plus the store's own package, e.g. s3fs), behind the same host
+  policy: every link of a chain is checked; ftp/sftp/smb hosts are resolved,
+  refused like http(s) hosts and pinned; schemes whose target CLASP cannot check
+  (s3, gs, webhdfs, http inside a chain ...) are refused unless listed in
+  CLASP_ALLOWED_SCHEMES.
 
 Every failure is a `SourceError` (an `InvalidImageError`) naming the URI, with
 a reason in words and `retryable` (timeouts, connection errors, 5xx/429: yes;
@@ -31,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 import socket
 import time
 import urllib.parse
@@ -236,8 +241,116 @@ class HttpSource:
 # --------------------------------------------------------------------------- fsspec (optional)
 
 
+# Network policy for fsspec URIs. fsspec reaches hosts through many protocols and
+# chains them (`simplecache::ftp://h/x`, `zip://a.jpg::http://h/a.zip`); every link
+# of a chain is classified before fsspec sees the URL:
+# - no network of their own: local files, memory, data URLs, and wrappers (caches,
+#   archives) whose target is the next link;
+# - a host CLASP can check and pin: the host is resolved, refused by the same policy
+#   as http(s), and the link is rewritten to the checked address (no DNS rebinding);
+# - anything else (object stores whose endpoint comes from the environment, webhdfs
+#   which redirects to data nodes, http(s) inside a chain which fsspec's client
+#   redirects without our check, references, ...) cannot be checked: refused unless
+#   listed in `allowed_schemes` (CLASP_ALLOWED_SCHEMES, comma-separated). An allowed
+#   scheme's host, where the URL names one, still obeys the host policy.
+LOCAL_PROTOCOLS = frozenset({"file", "local", "memory", "data"})
+WRAPPER_PROTOCOLS = frozenset({"simplecache", "filecache", "blockcache", "cached", "zip", "tar", "libarchive"})
+PINNED_HOST_PROTOCOLS = frozenset({"ftp", "sftp", "ssh", "smb"})
+
+
+def allowed_schemes(settings: Settings) -> frozenset[str]:
+    """Schemes allowed explicitly although their target cannot be checked.
+
+    From `settings.allowed_schemes` when the settings carry it, else the
+    CLASP_ALLOWED_SCHEMES environment variable (comma-separated, e.g. "s3,gs").
+    """
+    value = getattr(settings, "allowed_schemes", None)
+    if value is None:
+        value = os.environ.get("CLASP_ALLOWED_SCHEMES", "")
+    if isinstance(value, str):
+        value = value.split(",")
+    return frozenset(str(v).strip().lower() for v in value if str(v).strip())
+
+
+def split_chain(uri: str) -> list[str]:
+    """The links of an fsspec URL, outermost first, split exactly as fsspec.core._un_chain does."""
+    if "::" not in uri:
+        return [uri]
+    from fsspec.registry import available_protocols
+
+    known = set(available_protocols())
+    not_a_word = re.compile(".*[^a-z]+.*")
+    links = []
+    for part in uri.split("::"):
+        if part in known:
+            links.append(part + "://")
+        elif "://" in part or not_a_word.match(part):
+            links.append(part)
+        else:
+            links.append(part + "://")
+    return links
+
+
+def _link_host(link: str) -> tuple[str | None, int | None]:
+    from fsspec.utils import infer_storage_options
+
+    try:
+        opts = infer_storage_options(link)
+    except Exception:  # noqa: BLE001 - an unparsable link is refused by the caller
+        return None, None
+    return opts.get("host") or None, opts.get("port")
+
+
+def _pin(link: str, address: str) -> str:
+    """`link` with its host replaced by the checked address (user, port and path kept)."""
+    parts = urllib.parse.urlsplit(link)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    port = f":{parts.port}" if parts.port is not None else ""
+    host = f"[{address}]" if ":" in address else address
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}{port}"))
+
+
+def checked_fsspec_uri(uri: str, settings: Settings) -> str:
+    """Apply the network policy to every link of an fsspec URI; return the URI to open (hosts pinned).
+
+    Raises a permanent SourceError (never retried) for a refused link.
+    """
+    from fsspec.core import split_protocol
+    from fsspec.registry import available_protocols
+
+    allowed = allowed_schemes(settings)
+    known = set(available_protocols())
+    links = split_chain(uri)
+    parts = uri.split("::") if len(links) > 1 else [uri]  # the original text of each link
+    out = []
+    for link, part in zip(links, parts, strict=True):
+        protocol = (split_protocol(link)[0] or "file").lower()
+        if protocol not in known:
+            raise SourceError(uri, f"no fsspec filesystem for the {protocol}:// scheme in {link!r}")
+        if protocol in LOCAL_PROTOCOLS or protocol in WRAPPER_PROTOCOLS:
+            out.append(part)
+            continue
+        host, port = _link_host(link)
+        if protocol in PINNED_HOST_PROTOCOLS:
+            if not host:
+                raise SourceError(uri, f"{protocol}:// link {link!r} names no host; refused")
+            address = resolve_allowed(uri, host, int(port or 0), settings)
+            out.append(_pin(link, address))
+            continue
+        if protocol not in allowed:
+            raise SourceError(
+                uri,
+                f"refused: the {protocol}:// scheme can reach hosts CLASP cannot check; "
+                f"add it to CLASP_ALLOWED_SCHEMES (e.g. CLASP_ALLOWED_SCHEMES={protocol}) to allow it",
+            )
+        if host:  # allowed explicitly: a host the URL names still obeys the host policy
+            resolve_allowed(uri, host, int(port or 0), settings)
+        out.append(part)
+    return "::".join(out)
+
+
 class FsspecSource:
-    """Object stores and other filesystems through fsspec (optional extra)."""
+    """Object stores and other filesystems through fsspec (optional extra), behind the network policy."""
 
     def read(self, uri: str, settings: Settings) -> bytes:
         try:
@@ -246,7 +359,8 @@ class FsspecSource:
             raise SourceError(uri, "reading this URI needs fsspec: pip install 'clasp[fsspec]'") from None
         cap = settings.max_download_bytes
         try:
-            fs, path = fsspec.core.url_to_fs(uri)
+            target = checked_fsspec_uri(uri, settings)
+            fs, path = fsspec.core.url_to_fs(target)
             try:
                 size = fs.size(path)
             except (NotImplementedError, AttributeError):
@@ -285,6 +399,8 @@ def scheme_of(uri: str) -> str:
     if len(uri) >= 2 and uri[1] == ":" and uri[0].isalpha():  # a Windows drive, not a scheme
         return ""
     head, sep, _ = uri.partition("://")
+    if sep and "::" in head:  # a chained fsspec URL (`simplecache::ftp://...`): its outer link
+        head = head.split("::", 1)[0]
     return head.lower() if sep and head.replace("+", "").replace("-", "").replace(".", "").isalnum() else ""
 
 

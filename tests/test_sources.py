@@ -353,3 +353,113 @@ def test_bad_inputs_fail_their_image_and_the_batch_completes(migrated_url, serve
         assert rows[f"{server}/slow.jpg"].attempts == 2  # retried once, then failed
         assert rows[f"{server}/missing.jpg"].attempts == 1  # not worth retrying
     engine.dispose()
+
+
+# --------------------------------------------------------------------------- host policy for every scheme
+
+
+class CountingListener:
+    """A TCP listener on 127.0.0.1 that counts accepted connections and closes each at once."""
+
+    def __init__(self):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def listener():
+    pytest.importorskip("fsspec")
+    lst = CountingListener()
+    yield lst
+    lst.close()
+
+
+NETWORK_FORMS = [
+    "ftp://127.0.0.1:{p}/x.jpg",
+    "ftp://localhost:{p}/x.jpg",
+    "FTP://127.0.0.1:{p}/x.jpg",
+    "ftp://user:secret@127.0.0.1:{p}/x.jpg",
+    "ftp://2130706433:{p}/x.jpg",
+    "ftp://0x7f000001:{p}/x.jpg",
+    "ftp://127.1:{p}/x.jpg",
+    "ftp://[::ffff:127.0.0.1]:{p}/x.jpg",
+    "sftp://127.0.0.1:{p}/x.jpg",
+    "ssh://127.0.0.1:{p}/x.jpg",
+    "smb://127.0.0.1:{p}/share/x.jpg",
+    "webhdfs://127.0.0.1:{p}/x.jpg",
+    "hdfs://127.0.0.1:{p}/x.jpg",
+    "http://127.0.0.1:{p}/x.jpg",
+    "simplecache::ftp://127.0.0.1:{p}/x.jpg",
+    "filecache::webhdfs://127.0.0.1:{p}/x.jpg",
+    "blockcache::http://127.0.0.1:{p}/x.jpg",
+    "simplecache::http://localhost:{p}/x.jpg",
+    "zip://x.jpg::http://127.0.0.1:{p}/a.zip",
+    "zip://x.jpg::ftp://127.0.0.1:{p}/a.zip",
+    "tar://x.jpg::simplecache::ftp://127.0.0.1:{p}/a.tar",
+    "simplecache::zip://x.jpg::https://127.0.0.1:{p}/a.zip",
+]
+
+
+@pytest.mark.parametrize("form", NETWORK_FORMS)
+def test_every_scheme_and_chain_obeys_the_host_policy_without_connecting(form, listener, monkeypatch):
+    monkeypatch.delenv("CLASP_ALLOWED_SCHEMES", raising=False)
+    uri = form.format(p=listener.port)
+    with pytest.raises(SourceError, match="refused|no fsspec filesystem") as info:
+        read_image_bytes(uri, settings(http_timeout_s=2.0))
+    assert info.value.retryable is False, f"{uri}: a policy refusal must be permanent ({info.value.reason})"
+    time.sleep(0.05)
+    assert listener.accepted == 0, f"{uri} connected {listener.accepted} time(s) to the loopback listener"
+
+
+def test_unchecked_scheme_is_refused_unless_allowed_and_then_still_host_checked(listener, monkeypatch):
+    uri = f"webhdfs://127.0.0.1:{listener.port}/x.jpg"
+    monkeypatch.delenv("CLASP_ALLOWED_SCHEMES", raising=False)
+    with pytest.raises(SourceError, match="CLASP_ALLOWED_SCHEMES") as info:
+        read_image_bytes("webhdfs://8.8.8.8:50070/x.jpg", settings())
+    assert info.value.retryable is False
+    monkeypatch.setenv("CLASP_ALLOWED_SCHEMES", "s3, webhdfs")
+    with pytest.raises(SourceError, match="refused.*loopback"):  # allowed scheme, loopback host
+        read_image_bytes(uri, settings())
+    assert listener.accepted == 0
+    with pytest.raises(SourceError):  # allowed scheme and private hosts: it does connect
+        read_image_bytes(uri, settings(allow_private_hosts=True, http_timeout_s=2.0))
+    assert listener.accepted >= 1
+
+
+def test_checked_scheme_connects_when_private_hosts_are_allowed(listener, monkeypatch):
+    monkeypatch.delenv("CLASP_ALLOWED_SCHEMES", raising=False)
+    for form in ("ftp://localhost:{p}/x.jpg", "simplecache::ftp://127.0.0.1:{p}/x.jpg"):
+        before = listener.accepted
+        with pytest.raises(SourceError):  # the listener hangs up: a store error, not a refusal
+            read_image_bytes(form.format(p=listener.port), settings(allow_private_hosts=True))
+        assert listener.accepted > before, form
+
+
+def test_checked_hosts_are_pinned_to_the_checked_address():
+    pytest.importorskip("fsspec")
+    out = sources.checked_fsspec_uri("simplecache::ftp://u:p@localhost:2121/a/x.jpg", settings(allow_private_hosts=True))
+    assert out == "simplecache::ftp://u:p@127.0.0.1:2121/a/x.jpg"
+    assert sources.checked_fsspec_uri("memory://b/x.jpg", settings()) == "memory://b/x.jpg"
