@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clasp_engine.errors import InvalidImageError
 
-__all__ = ["load_image", "resize_to_grid", "source_name"]
+__all__ = ["SpecialFileError", "load_image", "read_regular_file", "resize_to_grid", "source_name"]
 
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -30,6 +31,56 @@ DEFAULT_MAX_PIXELS = 100_000_000
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 # 16-bit integer modes: values span 0..65535.
 _UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def special_file_kind(mode: int) -> str | None:
+    """What a non-regular file is ("a directory", "a FIFO (named pipe)" ...), or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "not a regular file"
+
+
+def read_regular_file(path: str | os.PathLike, limit: int = -1) -> bytes:
+    """At most `limit` bytes (all if negative) of a regular file.
+
+    Anything else (a directory, FIFO, socket or device) raises `SpecialFileError`
+    naming what it is, at once, never blocking; other failures raise OSError.
+
+    The type is checked with stat before opening, and the file is opened with
+    O_NONBLOCK (so a FIFO or device swapped in after the check cannot block the
+    open) and checked again with fstat on the open descriptor.
+    """
+    kind = special_file_kind(os.stat(path).st_mode)
+    if kind is not None:
+        raise _special(path, kind)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        kind = special_file_kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise _special(path, kind)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit)
+    finally:
+        os.close(fd)
+
+
+class SpecialFileError(OSError):
+    """A path names a directory, FIFO, socket or device instead of an image file."""
+
+
+def _special(path: str | os.PathLike, kind: str) -> SpecialFileError:
+    return SpecialFileError(f"is {kind}, not a regular image file; only regular files are read")
 
 
 def source_name(source: Any) -> str:
@@ -80,13 +131,15 @@ def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> n
                                           f"from {os.getcwd()})")
         if path.is_dir():
             raise InvalidImageError(name, "is a directory; pass an image file (e.g. a .jpg or .png) inside it")
-        if path.stat().st_size == 0:
-            raise InvalidImageError(name, "the file is empty (0 bytes); re-export or re-download the image")
         try:
-            with open(path, "rb") as fh:
-                return _decode(fh, name, max_pixels)
+            data = read_regular_file(path)  # FIFOs, sockets and devices fail here at once
+        except SpecialFileError as exc:
+            raise InvalidImageError(name, f"{exc}; pass an image file") from exc
         except PermissionError as exc:
             raise InvalidImageError(name, f"cannot read the file ({exc.strerror}); check its permissions") from exc
+        if not data:
+            raise InvalidImageError(name, "the file is empty (0 bytes); re-export or re-download the image")
+        return _decode(io.BytesIO(data), name, max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:

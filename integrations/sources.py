@@ -47,6 +47,7 @@ import httpx
 import numpy as np
 
 from clasp_engine.errors import InvalidImageError
+from clasp_engine.images import SpecialFileError, read_regular_file
 from integrations.settings import Settings
 
 MAX_REDIRECTS = 5
@@ -73,8 +74,19 @@ def _mb(n: int) -> str:
 # --------------------------------------------------------------------------- local files
 
 
+def text_uri(path: str) -> str:
+    """`path` as text the database and terminals can hold: itself, or, when the name is not
+    valid UTF-8 (bytes smuggled in by surrogateescape), a percent-encoded `file://` URI that
+    names exactly the same bytes."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return Path(os.path.abspath(path)).as_uri()
+    return path
+
+
 class LocalSource:
-    """Paths and `file://` URIs."""
+    """Paths and `file://` URIs (regular files only: FIFOs, sockets and devices fail at once)."""
 
     def read(self, uri: str, settings: Settings) -> bytes:
         path = self.path_of(uri)
@@ -87,10 +99,11 @@ class LocalSource:
             size = path.stat().st_size
             if size > cap:
                 raise SourceError(uri, f"file is {_mb(size)}, over the {_mb(cap)} cap (max_download_bytes)")
-            with path.open("rb") as f:
-                data = f.read(cap + 1)
+            data = read_regular_file(path, cap + 1)
         except SourceError:
             raise
+        except SpecialFileError as exc:
+            raise SourceError(uri, str(exc)) from None
         except PermissionError:
             raise SourceError(uri, "permission denied") from None
         except OSError as exc:
@@ -105,7 +118,8 @@ class LocalSource:
             parsed = urllib.parse.urlparse(uri)
             if parsed.netloc not in ("", "localhost"):
                 raise SourceError(uri, f"file:// URI names another host ({parsed.netloc!r}); only local files are read")
-            return Path(urllib.parse.unquote(parsed.path))
+            # bytes, then the file system's decoding: names that are not UTF-8 survive
+            return Path(os.fsdecode(urllib.parse.unquote_to_bytes(parsed.path)))
         return Path(uri).expanduser()
 
 
@@ -464,7 +478,8 @@ def fetch_image(uri: str, settings: Settings | None = None, *, keep_image: bool 
 
 
 def normalize_uri(uri: str) -> str:
-    """Local paths become absolute (so the database names the same file from any directory)."""
+    """Local paths become absolute (so the database names the same file from any directory);
+    a name that is not UTF-8 becomes a percent-encoded file:// URI (`text_uri`)."""
     if scheme_of(uri) or uri.startswith("file:"):
         return uri
-    return os.path.abspath(os.path.expanduser(uri))
+    return text_uri(os.path.abspath(os.path.expanduser(uri)))

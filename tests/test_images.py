@@ -264,3 +264,28 @@ def test_resize_to_grid_keeps_content_and_identity() -> None:
     assert small[:, :20].max() < 10 and small[:, 28:].min() > 245
     with pytest.raises(ValueError):
         resize_to_grid(img[:, :, 0], 48, 8)
+
+
+def test_fifo_fails_at_once_instead_of_blocking(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    box = {}
+
+    def target():
+        try:
+            load_image(fifo)
+        except InvalidImageError as exc:
+            box["exc"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(5)
+    if t.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # unblock the reader
+        pytest.fail("load_image blocked on a FIFO")
+    assert "FIFO" in box["exc"].reason and str(fifo) in str(box["exc"])
+    with pytest.raises(InvalidImageError, match="character device"):
+        load_image("/dev/zero")

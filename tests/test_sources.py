@@ -463,3 +463,76 @@ def test_checked_hosts_are_pinned_to_the_checked_address():
     out = sources.checked_fsspec_uri("simplecache::ftp://u:p@localhost:2121/a/x.jpg", settings(allow_private_hosts=True))
     assert out == "simplecache::ftp://u:p@127.0.0.1:2121/a/x.jpg"
     assert sources.checked_fsspec_uri("memory://b/x.jpg", settings()) == "memory://b/x.jpg"
+
+
+# --------------------------------------------------------------------------- special files
+
+
+def _special_files(tmp_path):
+    """name -> (path, expected words): a FIFO, a socket, a device and a directory, all named like images."""
+    import os
+    import socket
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    sock_path = tmp_path / "sock.jpg"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    folder = tmp_path / "folder.jpg"
+    folder.mkdir()
+    return {
+        "fifo": (str(fifo), "FIFO"),
+        "socket": (str(sock_path), "socket"),
+        "device": ("/dev/zero", "character device"),
+        "directory": (str(folder), "directory"),
+    }, sock
+
+
+def _fails_quickly(fn, path, timeout=5.0):
+    """Run fn(path) in a thread; the error it raised, or a failure if it is still blocked."""
+    import os
+
+    box = {}
+
+    def target():
+        try:
+            fn(path)
+        except Exception as exc:  # noqa: BLE001
+            box["exc"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        if path.endswith("pipe.jpg"):  # unblock the reader so the thread ends
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+        pytest.fail(f"reading {path} still blocked after {timeout} s")
+    return box.get("exc"), time.monotonic() - t0
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "device", "directory"])
+def test_special_files_fail_alone_at_once_with_their_kind(tmp_path, kind):
+    files, sock = _special_files(tmp_path)
+    path, words = files[kind]
+    try:
+        for uri in (path, "file://" + path):
+            exc, took = _fails_quickly(lambda u: fetch_image(u, settings()), uri)
+            assert isinstance(exc, SourceError), exc
+            assert words in exc.reason and exc.retryable is False, exc.reason
+            assert took < 2.0
+    finally:
+        sock.close()
+
+
+def test_non_utf8_file_names_are_read_through_their_text_uri(tmp_path):
+    import os
+
+    raw = os.fsencode(str(tmp_path)) + b"/bad\xff name.jpg"
+    with open(raw, "wb") as f:
+        f.write(GOOD)
+    uri = sources.normalize_uri(os.fsdecode(raw))
+    uri.encode("utf-8")  # storable and printable
+    assert uri.startswith("file://") and "%FF" in uri
+    assert read_image_bytes(uri, settings()) == GOOD
