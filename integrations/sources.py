@@ -5,8 +5,9 @@
 
 Sources:
 - local paths and `file://` URIs;
-- `http://` / `https://` with httpx: an overall timeout (`http_timeout_s`, also
-  against servers that trickle bytes), a size cap (`max_download_bytes`, checked
+- `http://` / `https://` with httpx: an overall deadline (`http_timeout_s`, over
+  connect, status line, headers and body, also against servers that trickle
+  bytes), a size cap (`max_download_bytes`, checked
   on Content-Length and while streaming, after content decoding), an image
   content type (`image/*`, or a generic `application/octet-stream` as object
   stores send it; the decode check catches the rest), and a host policy: the
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import httpcore
 import httpx
 import numpy as np
 
@@ -174,6 +176,75 @@ def resolve_allowed(uri: str, host: str, port: int, settings: Settings) -> str:
     return str(addresses[0])
 
 
+class _DeadlineStream(httpcore.NetworkStream):
+    """A network stream whose every read and write is cut at one overall deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: float):
+        self._stream = stream
+        self._deadline = deadline
+
+    def _left(self, timeout: float | None, exc: type[Exception]) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise exc("overall deadline reached")
+        return left if timeout is None else min(timeout, left)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):  # noqa: ANN001
+        tls = self._stream.start_tls(ssl_context, server_hostname, self._left(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(tls, self._deadline)
+
+    def get_extra_info(self, info: str):  # noqa: ANN201
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's sync backend with one deadline over connect, TLS, request, headers and body.
+
+    httpx's timeouts apply per socket operation, so a server trickling its status
+    line or headers one byte a second holds a read for ever (measured: 60 s with a
+    5 s timeout). Clamping every socket operation to the time left makes
+    `http_timeout_s` a total deadline; httpx has no option for this.
+    """
+
+    def __init__(self, deadline: float):
+        self._backend = httpcore.SyncBackend()
+        self._deadline = deadline
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):  # noqa: ANN001
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise httpcore.ConnectTimeout("overall deadline reached")
+        timeout = left if timeout is None else min(timeout, left)
+        stream = self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):  # noqa: ANN001
+        raise httpcore.ConnectError("unix sockets are not image sources")
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _deadline_transport(deadline: float) -> httpx.HTTPTransport:
+    transport = httpx.HTTPTransport(trust_env=False)
+    # httpx.HTTPTransport takes no network backend: its pool is replaced by the same
+    # httpcore pool built with the deadline backend (public httpcore API).
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        network_backend=_DeadlineBackend(deadline),
+    )
+    return transport
+
+
 class HttpSource:
     """http(s) with timeout, size cap, content-type check and host policy (module docstring)."""
 
@@ -188,7 +259,12 @@ class HttpSource:
         if first.host:  # refuse before any client or connection exists
             resolve_allowed(uri, first.host, first.port or (443 if first.scheme == "https" else 80), settings)
         try:
-            with httpx.Client(follow_redirects=False, trust_env=False, headers={"User-Agent": USER_AGENT}) as client:
+            with httpx.Client(
+                follow_redirects=False,
+                trust_env=False,
+                headers={"User-Agent": USER_AGENT},
+                transport=_deadline_transport(deadline),
+            ) as client:
                 for _hop in range(MAX_REDIRECTS + 1):
                     result = self._get(client, uri, url, settings, deadline)
                     if isinstance(result, bytes):

@@ -536,3 +536,60 @@ def test_non_utf8_file_names_are_read_through_their_text_uri(tmp_path):
     uri.encode("utf-8")  # storable and printable
     assert uri.startswith("file://") and "%FF" in uri
     assert read_image_bytes(uri, settings()) == GOOD
+
+
+# --------------------------------------------------------------------------- total deadline
+
+
+class TricklingServer:
+    """A raw loopback HTTP server that sends `prefix` at once, then one byte of `trickle` per `every` s."""
+
+    def __init__(self, prefix: bytes, trickle: bytes, every: float = 0.2):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/x.jpg"
+        self.prefix, self.trickle, self.every = prefix, trickle, every
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(4096)
+            try:
+                conn.sendall(self.prefix)
+                for i in range(len(self.trickle)):
+                    conn.sendall(self.trickle[i : i + 1])
+                    time.sleep(self.every)
+            except OSError:
+                return  # the client hung up: expected
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    "prefix, trickle",
+    [
+        (b"", b"HTTP/1.1 200 OK\r\n" * 20),  # the status line
+        (b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"a" * 200 + b"\r\n"),  # the headers
+        (b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 999\r\n\r\n", b"\xff" * 200),  # the body
+    ],
+    ids=["status-line", "headers", "body"],
+)
+def test_http_timeout_is_a_total_deadline_against_trickling_peers(loopback_only, prefix, trickle):
+    srv = TricklingServer(prefix, trickle)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(SourceError, match="timed out after 1 s") as info:
+            read_image_bytes(srv.url, settings(http_timeout_s=1.0))
+        took = time.monotonic() - t0
+        assert info.value.retryable is True
+        assert took < 1.8, f"the read took {took:.1f} s with a 1 s timeout"
+    finally:
+        srv.close()
