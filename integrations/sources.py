@@ -525,12 +525,30 @@ class FetchedImage:
         return len(self.data)
 
 
+DEFAULT_MAX_BATCH_PIXELS = 150_000_000
+
+
+def max_batch_pixels(settings: Settings) -> int:
+    """Decoded pixels one worker batch may hold (3 bytes each as RGB).
+
+    From `settings.max_batch_pixels` when the settings carry it, else
+    CLASP_MAX_BATCH_PIXELS, else 150 million (450 MB of RGB; safe on a 24 GB
+    machine with the engine's working copies). A batch always takes at least one
+    image; the rest of a batch over the budget is given back to the queue.
+    """
+    value = getattr(settings, "max_batch_pixels", None)
+    if value is None:
+        raw = os.environ.get("CLASP_MAX_BATCH_PIXELS", "").strip()
+        value = int(raw) if raw else DEFAULT_MAX_BATCH_PIXELS
+    return int(value)
+
+
 def check_image(uri: str, data: bytes, settings: Settings) -> np.ndarray:
     """Decode `data` fully (truncation, non-images, pixel cap against decompression bombs)."""
     from clasp_engine.images import load_image
 
     try:
-        return load_image(data, max_pixels=settings.max_image_pixels)
+        return load_image(data, max_pixels=settings.max_image_pixels, name=uri)
     except InvalidImageError as exc:
         raise SourceError(uri, exc.reason) from None
     except Exception as exc:  # noqa: BLE001 - a decoder bug fails this image only
