@@ -11,6 +11,7 @@ are whole multiples of the patch size.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -18,6 +19,7 @@ import os
 import stat
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -222,7 +224,9 @@ def draft_size(width: int, height: int, draft_side: int | None) -> tuple[int, in
     if not draft_side or max(width, height) <= draft_side:
         return None
     scale = draft_side / max(width, height)
-    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+    # floor: PIL picks the largest 1/2^k with size // request >= 2^k, and the decoded
+    # size ceil(size / 2^k) stays >= the request, whose long side is draft_side exactly.
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
 
 
 def decoded_pixels(data: bytes, draft_side: int | None = None) -> int:
@@ -245,9 +249,8 @@ def _apply_draft(img: Image.Image, draft_side: int | None) -> None:
 
 def _decode(fh: Any, name: str, max_pixels: int | None, draft_side: int | None = None) -> np.ndarray:
     """Open an encoded image (header only), then check its size and decode it fully (`_from_pil`)."""
-    with warnings.catch_warnings():
+    with _named_warnings(name):
         # PIL warns (and above twice its limit raises) for huge images; treat both as errors.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(fh)
         except UnidentifiedImageError as exc:
@@ -268,8 +271,7 @@ def _decode(fh: Any, name: str, max_pixels: int | None, draft_side: int | None =
 
 def _from_pil(img: Image.Image, name: str, max_pixels: int | None) -> np.ndarray:
     _check_size(name, img.width, img.height, max_pixels)  # from the header, before decoding
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with _named_warnings(name):
         try:
             img.load()  # a full decode: truncated or corrupt data fails here, not later
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -284,16 +286,27 @@ def _from_pil(img: Image.Image, name: str, max_pixels: int | None) -> np.ndarray
 
 def _oriented(img: Image.Image, name: str) -> Image.Image:
     """EXIF orientation applied; unreadable EXIF is a warning naming the input, not a failure."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _named_warnings(name):
         try:
             out = ImageOps.exif_transpose(img)
         except Exception as exc:  # noqa: BLE001 - corrupt EXIF: keep the pixels, say so
             log.warning("%s: corrupt EXIF data (%s); orientation not applied", name, exc)
             return img
-    for w in caught:
-        log.warning("%s: %s", name, w.message)
     return out if out is not None else img
+
+
+@contextlib.contextmanager
+def _named_warnings(name: str) -> Iterator[None]:
+    """PIL's warnings (corrupt EXIF, skipped tags ...) logged with the input's name; a
+    decompression-bomb warning raised as an error."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                log.warning("%s: %s", name, str(w.message).strip())
 
 
 def _pil_to_rgb(img: Image.Image, name: str) -> np.ndarray:
