@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--draft-side", type=int, default=320, help="the engine's max_side (default 320)")
     ap.add_argument("--engine", action="store_true", help="also segment the batch")
     ap.add_argument("--folder", type=Path, help="keep (and reuse) the generated JPEGs here")
+    ap.add_argument("--only", choices=("before", "after"), help="run one mode only")
     args = ap.parse_args()
     repo = str(Path(__file__).resolve().parents[1])
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +76,10 @@ def main() -> None:
         paths = existing if len(existing) == args.n else make_images(folder, args.n, args.side)
         sizes = [Path(p).stat().st_size / 1e6 for p in paths]
         print(f"{args.n} JPEGs of {args.side}x{args.side}, {min(sizes):.2f}-{max(sizes):.2f} MB each")
-        for label, draft in (("full decode (before)", None), (f"draft to >= {args.draft_side} (after)", args.draft_side)):
+        modes = {"before": ("full decode (before)", None), "after": (f"draft to >= {args.draft_side} (after)", args.draft_side)}
+        for key, (label, draft) in modes.items():
+            if args.only and key != args.only:
+                continue
             code = CHILD.format(repo=repo, paths=paths, draft=draft, engine=args.engine)
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
