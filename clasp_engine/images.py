@@ -11,10 +11,15 @@ are whole multiples of the patch size.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
+import math
 import os
+import stat
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -22,14 +27,66 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clasp_engine.errors import InvalidImageError
 
-__all__ = ["load_image", "resize_to_grid", "source_name"]
+__all__ = ["SpecialFileError", "load_image", "read_regular_file", "resize_to_grid", "source_name"]
 
 DEFAULT_MAX_PIXELS = 100_000_000
+
+log = logging.getLogger(__name__)
 
 # Modes whose alpha channel is composited over white.
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 # 16-bit integer modes: values span 0..65535.
 _UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def special_file_kind(mode: int) -> str | None:
+    """What a non-regular file is ("a directory", "a FIFO (named pipe)" ...), or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "not a regular file"
+
+
+def read_regular_file(path: str | os.PathLike, limit: int = -1) -> bytes:
+    """At most `limit` bytes (all if negative) of a regular file.
+
+    Anything else (a directory, FIFO, socket or device) raises `SpecialFileError`
+    naming what it is, at once, never blocking; other failures raise OSError.
+
+    The type is checked with stat before opening, and the file is opened with
+    O_NONBLOCK (so a FIFO or device swapped in after the check cannot block the
+    open) and checked again with fstat on the open descriptor.
+    """
+    kind = special_file_kind(os.stat(path).st_mode)
+    if kind is not None:
+        raise _special(path, kind)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        kind = special_file_kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise _special(path, kind)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit)
+    finally:
+        os.close(fd)
+
+
+class SpecialFileError(OSError):
+    """A path names a directory, FIFO, socket or device instead of an image file."""
+
+
+def _special(path: str | os.PathLike, kind: str) -> SpecialFileError:
+    return SpecialFileError(f"is {kind}, not a regular image file; only regular files are read")
 
 
 def source_name(source: Any) -> str:
@@ -46,7 +103,13 @@ def source_name(source: Any) -> str:
     return f"<{type(source).__name__}>"
 
 
-def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(
+    source: Any,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft_side: int | None = None,
+    name: str | None = None,
+) -> np.ndarray:
     """Decode `source` into an (H, W, 3) uint8 RGB array (C-contiguous).
 
     source: a path (str or Path), encoded bytes, a PIL image or a numpy array.
@@ -63,12 +126,22 @@ def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> n
       PIL's own `Image.MAX_IMAGE_PIXELS` guard still applies and is reported
       the same way.
 
+    - draft_side: decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) whose
+      long side is still at least this many pixels (PIL `Image.draft`): the
+      engine works at `max_side`, so a 9000x9000 JPEG decodes to 1125x1125
+      (3.8 MB) instead of 243 MB. None (the default) decodes at full size.
+      Other formats decode at full size.
+    - name: how the input is named in errors and warnings (default:
+      `source_name(source)`; pass the URI when handing over bytes).
+    - Animated images: the first frame is used, with a warning naming the input;
+      unreadable EXIF: no orientation is applied, with a warning naming the input.
+
     Raises InvalidImageError(source_name, reason) for a missing file, a
     directory, data that is not an image, a truncated or corrupt file, a
     zero-size or too-large image, an array of the wrong shape or dtype, or an
     unsupported input type.
     """
-    name = source_name(source)
+    name = name or source_name(source)
     if isinstance(source, np.ndarray):
         return _from_array(source, name, max_pixels)
     if isinstance(source, Image.Image):
@@ -80,18 +153,20 @@ def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> n
                                           f"from {os.getcwd()})")
         if path.is_dir():
             raise InvalidImageError(name, "is a directory; pass an image file (e.g. a .jpg or .png) inside it")
-        if path.stat().st_size == 0:
-            raise InvalidImageError(name, "the file is empty (0 bytes); re-export or re-download the image")
         try:
-            with open(path, "rb") as fh:
-                return _decode(fh, name, max_pixels)
+            data = read_regular_file(path)  # FIFOs, sockets and devices fail here at once
+        except SpecialFileError as exc:
+            raise InvalidImageError(name, f"{exc}; pass an image file") from exc
         except PermissionError as exc:
             raise InvalidImageError(name, f"cannot read the file ({exc.strerror}); check its permissions") from exc
+        if not data:
+            raise InvalidImageError(name, "the file is empty (0 bytes); re-export or re-download the image")
+        return _decode(io.BytesIO(data), name, max_pixels, draft_side)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
             raise InvalidImageError(name, "no data (0 bytes); pass the encoded image file's contents")
-        return _decode(io.BytesIO(data), name, max_pixels)
+        return _decode(io.BytesIO(data), name, max_pixels, draft_side)
     raise InvalidImageError(
         name,
         f"unsupported input type {type(source).__name__}; pass a file path, encoded bytes, "
@@ -144,11 +219,38 @@ def _too_many_pixels(name: str, exc: Exception) -> InvalidImageError:
     )
 
 
-def _decode(fh: Any, name: str, max_pixels: int | None) -> np.ndarray:
+def draft_size(width: int, height: int, draft_side: int | None) -> tuple[int, int] | None:
+    """The size to ask `Image.draft` for so the long side stays >= draft_side, or None (no reduction)."""
+    if not draft_side or max(width, height) <= draft_side:
+        return None
+    scale = draft_side / max(width, height)
+    # floor: PIL picks the largest 1/2^k with size // request >= 2^k, and the decoded
+    # size ceil(size / 2^k) stays >= the request, whose long side is draft_side exactly.
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
+def decoded_pixels(data: bytes, draft_side: int | None = None) -> int:
+    """Pixels `load_image(data, draft_side=...)` will decode, read from the header only (0 if unreadable)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            _apply_draft(img, draft_side)
+            return int(img.width) * int(img.height)
+    except Exception:  # noqa: BLE001 - decoding reports the real error later
+        return 0
+
+
+def _apply_draft(img: Image.Image, draft_side: int | None) -> None:
+    if img.format != "JPEG":
+        return
+    size = draft_size(img.width, img.height, draft_side)
+    if size is not None:
+        img.draft(None, size)  # DCT scaling: never smaller than `size`
+
+
+def _decode(fh: Any, name: str, max_pixels: int | None, draft_side: int | None = None) -> np.ndarray:
     """Open an encoded image (header only), then check its size and decode it fully (`_from_pil`)."""
-    with warnings.catch_warnings():
+    with _named_warnings(name):
         # PIL warns (and above twice its limit raises) for huge images; treat both as errors.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(fh)
         except UnidentifiedImageError as exc:
@@ -160,23 +262,51 @@ def _decode(fh: Any, name: str, max_pixels: int | None) -> np.ndarray:
         except (OSError, SyntaxError, ValueError) as exc:
             raise InvalidImageError(name, f"cannot open the image ({exc}); the file may be corrupt") from exc
         with img:
+            _check_size(name, img.width, img.height, max_pixels)  # the full size, before any draft
+            if getattr(img, "n_frames", 1) > 1:
+                log.warning("%s: animated image with %d frames; only the first frame is used", name, img.n_frames)
+            _apply_draft(img, draft_side)
             return _from_pil(img, name, max_pixels)
 
 
 def _from_pil(img: Image.Image, name: str, max_pixels: int | None) -> np.ndarray:
     _check_size(name, img.width, img.height, max_pixels)  # from the header, before decoding
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with _named_warnings(name):
         try:
             img.load()  # a full decode: truncated or corrupt data fails here, not later
-            img = ImageOps.exif_transpose(img)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise _too_many_pixels(name, exc) from exc
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise InvalidImageError(
                 name, f"truncated or corrupt image data ({exc}); re-export or re-download the file"
             ) from exc
+    img = _oriented(img, name)
     return _pil_to_rgb(img, name)
+
+
+def _oriented(img: Image.Image, name: str) -> Image.Image:
+    """EXIF orientation applied; unreadable EXIF is a warning naming the input, not a failure."""
+    with _named_warnings(name):
+        try:
+            out = ImageOps.exif_transpose(img)
+        except Exception as exc:  # noqa: BLE001 - corrupt EXIF: keep the pixels, say so
+            log.warning("%s: corrupt EXIF data (%s); orientation not applied", name, exc)
+            return img
+    return out if out is not None else img
+
+
+@contextlib.contextmanager
+def _named_warnings(name: str) -> Iterator[None]:
+    """PIL's warnings (corrupt EXIF, skipped tags ...) logged with the input's name; a
+    decompression-bomb warning raised as an error."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                log.warning("%s: %s", name, str(w.message).strip())
 
 
 def _pil_to_rgb(img: Image.Image, name: str) -> np.ndarray:

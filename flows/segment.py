@@ -111,10 +111,16 @@ def _add_seconds(into: dict[str, float], key: str, value: float) -> None:
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-def prepare_batch(database_url: str, worker_id: str, n: int, settings_json: dict[str, Any]) -> Prepared:
-    """Claim up to n waiting images, read their bytes and decode them. Bad input fails here, alone."""
+def prepare_batch(
+    database_url: str, worker_id: str, n: int, settings_json: dict[str, Any], decode_side: int | None = None
+) -> Prepared:
+    """Claim up to n waiting images, read their bytes and decode them. Bad input fails here, alone.
+
+    JPEGs decode at the smallest DCT scale still >= decode_side (the engine's max_side);
+    decoded pixels per batch stay under sources.max_batch_pixels (the rest is given back).
+    """
     from clasp_engine.errors import InvalidImageError
-    from clasp_engine.images import load_image
+    from clasp_engine.images import decoded_pixels, load_image
     from integrations import sources
     from integrations import db as repo
 
@@ -142,20 +148,30 @@ def prepare_batch(database_url: str, worker_id: str, n: int, settings_json: dict
 
     with ThreadPoolExecutor(max_workers=min(8, len(rows))) as pool:  # I/O bound: overlap downloads
         fetched = list(pool.map(read, rows))
+    budget, used, deferred = sources.max_batch_pixels(settings), 0, []
     for image_id, uri, data, failure, seconds in fetched:
         _add_seconds(out.seconds, "read", seconds)
         if failure is not None:
             out.failures.append(failure)
             continue
+        cost = decoded_pixels(data, decode_side)
+        if out.items and used + cost > budget:
+            deferred.append(image_id)  # over the batch's memory budget: back to the queue
+            continue
+        used += cost
         t = time.perf_counter()
         try:
-            image = load_image(data, max_pixels=settings.max_image_pixels)
+            image = load_image(data, max_pixels=settings.max_image_pixels, draft_side=decode_side, name=uri)
             out.items.append(Item(image_id, uri, image))
         except InvalidImageError as exc:
             out.failures.append(Failure(image_id, uri, "decode", exc.reason))
         except Exception as exc:  # a decoder bug on one file must not sink the batch
             out.failures.append(Failure(image_id, uri, "decode", _reason(exc)))
         _add_seconds(out.seconds, "decode", time.perf_counter() - t)
+    if deferred:
+        with common.session(database_url) as session:
+            repo.release_claims(session, worker_id, deferred)
+        out.claimed -= len(deferred)
     return out
 
 
@@ -429,7 +445,7 @@ def segment(
     # Prefetch: the next batch is claimed, read and decoded on a worker thread while
     # the current one is segmented.
     want = next_claim()
-    pending = prepare_batch.submit(url, worker_id, want, settings_json) if want else None
+    pending = prepare_batch.submit(url, worker_id, want, settings_json, config.max_side) if want else None
     claimed_so_far += want
     warm = load_model.submit(config_json) if want and opened["waiting"] else None
     storing = None  # the previous batch's store task, running while this batch is segmented
@@ -453,7 +469,7 @@ def segment(
                 break
             claimed_so_far += prepared.claimed - want  # what the claim really returned
             want = next_claim() if prepared.claimed == want else 0  # a short claim: the queue is empty
-            pending = prepare_batch.submit(url, worker_id, want, settings_json) if want else None
+            pending = prepare_batch.submit(url, worker_id, want, settings_json, config.max_side) if want else None
             claimed_so_far += want
             segmented = segment_batch(prepared.items, config_json)
             if storing is not None:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from integrations.db.registry import ImageInput, RegisterResult, add_images
 from integrations.settings import Settings
-from integrations.sources import SourceError, fetch_image, normalize_uri, scheme_of
+from integrations.sources import SourceError, fetch_image, normalize_uri, scheme_of, text_uri
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif", ".ppm", ".pgm"}
 LIST_SUFFIXES = {".txt", ".lst", ".list", ".uris"}
@@ -34,10 +34,18 @@ def _has_scheme(s: str) -> bool:
 
 
 def _walk(folder: Path, recursive: bool) -> Iterator[str]:
+    """A folder's entries named like images, as text URIs (`text_uri`: a name that is not
+    UTF-8 becomes a percent-encoded file:// URI instead of aborting the ingest).
+
+    Entries named like images that are not regular files (a FIFO, a socket, a device, a
+    directory called `x.jpg`) are listed too: reading them fails at once with a reason
+    naming them (sources.read_regular_file), so they are reported, not silently skipped.
+    Broken links are skipped.
+    """
     it = folder.rglob("*") if recursive else folder.iterdir()
     for p in sorted(it):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            yield str(p.resolve())
+        if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.exists()):
+            yield text_uri(str(p.resolve()))
 
 
 def expand_source(source: str, recursive: bool = True) -> list[str]:
@@ -48,22 +56,23 @@ def expand_source(source: str, recursive: bool = True) -> list[str]:
         return [source]
     if any(ch in source for ch in "*?["):
         paths = sorted(glob.glob(os.path.expanduser(source), recursive=True))
-        return [str(Path(p).resolve()) for p in paths if Path(p).is_file()]
+        return [text_uri(str(Path(p).resolve())) for p in paths if Path(p).is_file()]
     path = Path(source).expanduser()
     if path.is_dir():
         return list(_walk(path, recursive))
     if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
         uris = []
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        # surrogateescape: a listed name that is not UTF-8 keeps its bytes (text_uri below)
+        for line in path.read_bytes().decode("utf-8", errors="surrogateescape").splitlines():
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             if not _has_scheme(line) and not os.path.isabs(os.path.expanduser(line)):
                 line = str((path.parent / line).resolve())
-            uris.append(line)
+            uris.append(line if _has_scheme(line) else text_uri(os.path.abspath(os.path.expanduser(line))))
         return uris
     if path.exists():
-        return [str(path.resolve())]
+        return [text_uri(str(path.resolve()))]
     raise SourceNotFound(f"{source}: no such file or folder (and not a URI or a glob)")
 
 

@@ -5,8 +5,9 @@
 
 Sources:
 - local paths and `file://` URIs;
-- `http://` / `https://` with httpx: an overall timeout (`http_timeout_s`, also
-  against servers that trickle bytes), a size cap (`max_download_bytes`, checked
+- `http://` / `https://` with httpx: an overall deadline (`http_timeout_s`, over
+  connect, status line, headers and body, also against servers that trickle
+  bytes), a size cap (`max_download_bytes`, checked
   on Content-Length and while streaming, after content decoding), an image
   content type (`image/*`, or a generic `application/octet-stream` as object
   stores send it; the decode check catches the rest), and a host policy: the
@@ -16,9 +17,13 @@ Sources:
   services. The connection goes to the address that was checked (no DNS
   rebinding between the check and the request), redirects are followed by hand
   (at most 5) and every hop is checked again. Environment proxies are ignored;
-- anything else with a scheme (`s3://`, `gs://`, `memory://` ...) through
-  `fsspec`, an optional extra (`pip install clasp[fsspec]` plus the store's
-  own package, e.g. s3fs).
+- anything else with a scheme (`s3://`, `gs://`, `memory://`, `ftp://`, chained
+  `simplecache::ftp://...` ...) through `fsspec`, an optional extra (`pip install
+  clasp[fsspec]` plus the store's own package, e.g. s3fs), behind the same host
+  policy: every link of a chain is checked; ftp/sftp/smb hosts are resolved,
+  refused like http(s) hosts and pinned; schemes whose target CLASP cannot check
+  (s3, gs, webhdfs, http inside a chain ...) are refused unless listed in
+  CLASP_ALLOWED_SCHEMES.
 
 Every failure is a `SourceError` (an `InvalidImageError`) naming the URI, with
 a reason in words and `retryable` (timeouts, connection errors, 5xx/429: yes;
@@ -31,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 import socket
 import time
 import urllib.parse
@@ -38,10 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import httpcore
 import httpx
 import numpy as np
 
 from clasp_engine.errors import InvalidImageError
+from clasp_engine.images import SpecialFileError, read_regular_file
 from integrations.settings import Settings
 
 MAX_REDIRECTS = 5
@@ -68,8 +76,19 @@ def _mb(n: int) -> str:
 # --------------------------------------------------------------------------- local files
 
 
+def text_uri(path: str) -> str:
+    """`path` as text the database and terminals can hold: itself, or, when the name is not
+    valid UTF-8 (bytes smuggled in by surrogateescape), a percent-encoded `file://` URI that
+    names exactly the same bytes."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return Path(os.path.abspath(path)).as_uri()
+    return path
+
+
 class LocalSource:
-    """Paths and `file://` URIs."""
+    """Paths and `file://` URIs (regular files only: FIFOs, sockets and devices fail at once)."""
 
     def read(self, uri: str, settings: Settings) -> bytes:
         path = self.path_of(uri)
@@ -82,10 +101,11 @@ class LocalSource:
             size = path.stat().st_size
             if size > cap:
                 raise SourceError(uri, f"file is {_mb(size)}, over the {_mb(cap)} cap (max_download_bytes)")
-            with path.open("rb") as f:
-                data = f.read(cap + 1)
+            data = read_regular_file(path, cap + 1)
         except SourceError:
             raise
+        except SpecialFileError as exc:
+            raise SourceError(uri, str(exc)) from None
         except PermissionError:
             raise SourceError(uri, "permission denied") from None
         except OSError as exc:
@@ -100,7 +120,8 @@ class LocalSource:
             parsed = urllib.parse.urlparse(uri)
             if parsed.netloc not in ("", "localhost"):
                 raise SourceError(uri, f"file:// URI names another host ({parsed.netloc!r}); only local files are read")
-            return Path(urllib.parse.unquote(parsed.path))
+            # bytes, then the file system's decoding: names that are not UTF-8 survive
+            return Path(os.fsdecode(urllib.parse.unquote_to_bytes(parsed.path)))
         return Path(uri).expanduser()
 
 
@@ -155,6 +176,75 @@ def resolve_allowed(uri: str, host: str, port: int, settings: Settings) -> str:
     return str(addresses[0])
 
 
+class _DeadlineStream(httpcore.NetworkStream):
+    """A network stream whose every read and write is cut at one overall deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: float):
+        self._stream = stream
+        self._deadline = deadline
+
+    def _left(self, timeout: float | None, exc: type[Exception]) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise exc("overall deadline reached")
+        return left if timeout is None else min(timeout, left)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):  # noqa: ANN001
+        tls = self._stream.start_tls(ssl_context, server_hostname, self._left(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(tls, self._deadline)
+
+    def get_extra_info(self, info: str):  # noqa: ANN201
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's sync backend with one deadline over connect, TLS, request, headers and body.
+
+    httpx's timeouts apply per socket operation, so a server trickling its status
+    line or headers one byte a second holds a read for ever (measured: 60 s with a
+    5 s timeout). Clamping every socket operation to the time left makes
+    `http_timeout_s` a total deadline; httpx has no option for this.
+    """
+
+    def __init__(self, deadline: float):
+        self._backend = httpcore.SyncBackend()
+        self._deadline = deadline
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):  # noqa: ANN001
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise httpcore.ConnectTimeout("overall deadline reached")
+        timeout = left if timeout is None else min(timeout, left)
+        stream = self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):  # noqa: ANN001
+        raise httpcore.ConnectError("unix sockets are not image sources")
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _deadline_transport(deadline: float) -> httpx.HTTPTransport:
+    transport = httpx.HTTPTransport(trust_env=False)
+    # httpx.HTTPTransport takes no network backend: its pool is replaced by the same
+    # httpcore pool built with the deadline backend (public httpcore API).
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        network_backend=_DeadlineBackend(deadline),
+    )
+    return transport
+
+
 class HttpSource:
     """http(s) with timeout, size cap, content-type check and host policy (module docstring)."""
 
@@ -169,7 +259,12 @@ class HttpSource:
         if first.host:  # refuse before any client or connection exists
             resolve_allowed(uri, first.host, first.port or (443 if first.scheme == "https" else 80), settings)
         try:
-            with httpx.Client(follow_redirects=False, trust_env=False, headers={"User-Agent": USER_AGENT}) as client:
+            with httpx.Client(
+                follow_redirects=False,
+                trust_env=False,
+                headers={"User-Agent": USER_AGENT},
+                transport=_deadline_transport(deadline),
+            ) as client:
                 for _hop in range(MAX_REDIRECTS + 1):
                     result = self._get(client, uri, url, settings, deadline)
                     if isinstance(result, bytes):
@@ -236,8 +331,116 @@ class HttpSource:
 # --------------------------------------------------------------------------- fsspec (optional)
 
 
+# Network policy for fsspec URIs. fsspec reaches hosts through many protocols and
+# chains them (`simplecache::ftp://h/x`, `zip://a.jpg::http://h/a.zip`); every link
+# of a chain is classified before fsspec sees the URL:
+# - no network of their own: local files, memory, data URLs, and wrappers (caches,
+#   archives) whose target is the next link;
+# - a host CLASP can check and pin: the host is resolved, refused by the same policy
+#   as http(s), and the link is rewritten to the checked address (no DNS rebinding);
+# - anything else (object stores whose endpoint comes from the environment, webhdfs
+#   which redirects to data nodes, http(s) inside a chain which fsspec's client
+#   redirects without our check, references, ...) cannot be checked: refused unless
+#   listed in `allowed_schemes` (CLASP_ALLOWED_SCHEMES, comma-separated). An allowed
+#   scheme's host, where the URL names one, still obeys the host policy.
+LOCAL_PROTOCOLS = frozenset({"file", "local", "memory", "data"})
+WRAPPER_PROTOCOLS = frozenset({"simplecache", "filecache", "blockcache", "cached", "zip", "tar", "libarchive"})
+PINNED_HOST_PROTOCOLS = frozenset({"ftp", "sftp", "ssh", "smb"})
+
+
+def allowed_schemes(settings: Settings) -> frozenset[str]:
+    """Schemes allowed explicitly although their target cannot be checked.
+
+    From `settings.allowed_schemes` when the settings carry it, else the
+    CLASP_ALLOWED_SCHEMES environment variable (comma-separated, e.g. "s3,gs").
+    """
+    value = getattr(settings, "allowed_schemes", None)
+    if value is None:
+        value = os.environ.get("CLASP_ALLOWED_SCHEMES", "")
+    if isinstance(value, str):
+        value = value.split(",")
+    return frozenset(str(v).strip().lower() for v in value if str(v).strip())
+
+
+def split_chain(uri: str) -> list[str]:
+    """The links of an fsspec URL, outermost first, split exactly as fsspec.core._un_chain does."""
+    if "::" not in uri:
+        return [uri]
+    from fsspec.registry import available_protocols
+
+    known = set(available_protocols())
+    not_a_word = re.compile(".*[^a-z]+.*")
+    links = []
+    for part in uri.split("::"):
+        if part in known:
+            links.append(part + "://")
+        elif "://" in part or not_a_word.match(part):
+            links.append(part)
+        else:
+            links.append(part + "://")
+    return links
+
+
+def _link_host(link: str) -> tuple[str | None, int | None]:
+    from fsspec.utils import infer_storage_options
+
+    try:
+        opts = infer_storage_options(link)
+    except Exception:  # noqa: BLE001 - an unparsable link is refused by the caller
+        return None, None
+    return opts.get("host") or None, opts.get("port")
+
+
+def _pin(link: str, address: str) -> str:
+    """`link` with its host replaced by the checked address (user, port and path kept)."""
+    parts = urllib.parse.urlsplit(link)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    port = f":{parts.port}" if parts.port is not None else ""
+    host = f"[{address}]" if ":" in address else address
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}{port}"))
+
+
+def checked_fsspec_uri(uri: str, settings: Settings) -> str:
+    """Apply the network policy to every link of an fsspec URI; return the URI to open (hosts pinned).
+
+    Raises a permanent SourceError (never retried) for a refused link.
+    """
+    from fsspec.core import split_protocol
+    from fsspec.registry import available_protocols
+
+    allowed = allowed_schemes(settings)
+    known = set(available_protocols())
+    links = split_chain(uri)
+    parts = uri.split("::") if len(links) > 1 else [uri]  # the original text of each link
+    out = []
+    for link, part in zip(links, parts, strict=True):
+        protocol = (split_protocol(link)[0] or "file").lower()
+        if protocol not in known:
+            raise SourceError(uri, f"no fsspec filesystem for the {protocol}:// scheme in {link!r}")
+        if protocol in LOCAL_PROTOCOLS or protocol in WRAPPER_PROTOCOLS:
+            out.append(part)
+            continue
+        host, port = _link_host(link)
+        if protocol in PINNED_HOST_PROTOCOLS:
+            if not host:
+                raise SourceError(uri, f"{protocol}:// link {link!r} names no host; refused")
+            address = resolve_allowed(uri, host, int(port or 0), settings)
+            out.append(_pin(link, address))
+            continue
+        if protocol not in allowed:
+            raise SourceError(
+                uri,
+                f"refused: the {protocol}:// scheme can reach hosts CLASP cannot check; "
+                f"add it to CLASP_ALLOWED_SCHEMES (e.g. CLASP_ALLOWED_SCHEMES={protocol}) to allow it",
+            )
+        if host:  # allowed explicitly: a host the URL names still obeys the host policy
+            resolve_allowed(uri, host, int(port or 0), settings)
+        out.append(part)
+    return "::".join(out)
+
+
 class FsspecSource:
-    """Object stores and other filesystems through fsspec (optional extra)."""
+    """Object stores and other filesystems through fsspec (optional extra), behind the network policy."""
 
     def read(self, uri: str, settings: Settings) -> bytes:
         try:
@@ -246,7 +449,8 @@ class FsspecSource:
             raise SourceError(uri, "reading this URI needs fsspec: pip install 'clasp[fsspec]'") from None
         cap = settings.max_download_bytes
         try:
-            fs, path = fsspec.core.url_to_fs(uri)
+            target = checked_fsspec_uri(uri, settings)
+            fs, path = fsspec.core.url_to_fs(target)
             try:
                 size = fs.size(path)
             except (NotImplementedError, AttributeError):
@@ -285,6 +489,8 @@ def scheme_of(uri: str) -> str:
     if len(uri) >= 2 and uri[1] == ":" and uri[0].isalpha():  # a Windows drive, not a scheme
         return ""
     head, sep, _ = uri.partition("://")
+    if sep and "::" in head:  # a chained fsspec URL (`simplecache::ftp://...`): its outer link
+        head = head.split("::", 1)[0]
     return head.lower() if sep and head.replace("+", "").replace("-", "").replace(".", "").isalnum() else ""
 
 
@@ -319,12 +525,30 @@ class FetchedImage:
         return len(self.data)
 
 
+DEFAULT_MAX_BATCH_PIXELS = 150_000_000
+
+
+def max_batch_pixels(settings: Settings) -> int:
+    """Decoded pixels one worker batch may hold (3 bytes each as RGB).
+
+    From `settings.max_batch_pixels` when the settings carry it, else
+    CLASP_MAX_BATCH_PIXELS, else 150 million (450 MB of RGB; safe on a 24 GB
+    machine with the engine's working copies). A batch always takes at least one
+    image; the rest of a batch over the budget is given back to the queue.
+    """
+    value = getattr(settings, "max_batch_pixels", None)
+    if value is None:
+        raw = os.environ.get("CLASP_MAX_BATCH_PIXELS", "").strip()
+        value = int(raw) if raw else DEFAULT_MAX_BATCH_PIXELS
+    return int(value)
+
+
 def check_image(uri: str, data: bytes, settings: Settings) -> np.ndarray:
     """Decode `data` fully (truncation, non-images, pixel cap against decompression bombs)."""
     from clasp_engine.images import load_image
 
     try:
-        return load_image(data, max_pixels=settings.max_image_pixels)
+        return load_image(data, max_pixels=settings.max_image_pixels, name=uri)
     except InvalidImageError as exc:
         raise SourceError(uri, exc.reason) from None
     except Exception as exc:  # noqa: BLE001 - a decoder bug fails this image only
@@ -348,7 +572,8 @@ def fetch_image(uri: str, settings: Settings | None = None, *, keep_image: bool 
 
 
 def normalize_uri(uri: str) -> str:
-    """Local paths become absolute (so the database names the same file from any directory)."""
+    """Local paths become absolute (so the database names the same file from any directory);
+    a name that is not UTF-8 becomes a percent-encoded file:// URI (`text_uri`)."""
     if scheme_of(uri) or uri.startswith("file:"):
         return uri
-    return os.path.abspath(os.path.expanduser(uri))
+    return text_uri(os.path.abspath(os.path.expanduser(uri)))

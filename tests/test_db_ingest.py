@@ -90,3 +90,30 @@ def test_ingest_refuses_internal_urls_by_default(sqlite_url, tmp_path, capsys, m
     assert clasp(["ingest", "--database-url", sqlite_url, "--no-progress", "http://169.254.169.254/latest/x.jpg"]) == 0
     out = capsys.readouterr().out
     assert "0 new, 0 already known, 1 unreadable" in out and "link-local" in out
+
+
+def test_odd_names_and_special_files_fail_or_register_alone(sqlite_url, tmp_path, capsys):
+    import os
+
+    from integrations.sources import read_image_bytes
+
+    d = tmp_path / "mixed"
+    _img(d / "good.jpg", 0)
+    raw_dir = os.fsencode(str(d))
+    bad_bytes = _img(tmp_path / "src.jpg", 1).read_bytes()
+    with open(raw_dir + b"/bad\xff.jpg", "wb") as f:  # a name that is not UTF-8
+        f.write(bad_bytes)
+    os.mkfifo(d / "pipe.jpg")
+    (d / "folder.jpg").mkdir()
+    for lazy in ([], ["--lazy"]):
+        url = sqlite_url if not lazy else sqlite_url.replace(".db", "-lazy.db")
+        assert clasp(["ingest", "--database-url", url, "--no-progress", "--migrate", *lazy, str(d)]) == 0
+        out = capsys.readouterr().out
+        rows, _ = _rows(url)
+        odd = [u for u in rows if "bad" in u]
+        assert len(odd) == 1 and odd[0].startswith("file://") and "%FF" in odd[0], rows.keys()
+        assert read_image_bytes(odd[0]) == bad_bytes
+        assert any(u.endswith("good.jpg") for u in rows)
+        if not lazy:
+            assert re.search(r"pipe\.jpg: is a FIFO", out), out
+            assert re.search(r"folder\.jpg: is a directory", out), out

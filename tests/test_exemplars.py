@@ -172,7 +172,7 @@ class _Client:
 
 
 def test_sync_reviews_upserts_the_exemplars_of_new_and_edited_annotations(session):  # noqa: F811
-    from integrations.db.reviews import sync_reviews
+    from integrations.review.sync import pull_reviews
     from integrations.label_studio.client import Project
 
     rng = np.random.default_rng(5)
@@ -187,10 +187,10 @@ def test_sync_reviews_upserts_the_exemplars_of_new_and_edited_annotations(sessio
     task = {"id": 70, "predictions": [{"model_version": "mv", "result": _result(bands, {})}],
             "annotations": [{"id": 500, "result": _result(bands, {0: "drugs", 1: "safe", 2: "safe"})}]}
     project = Project(id=3, title="p", label_config="")
-    res = sync_reviews(_Client([task]), project, session)
+    res = pull_reviews(_Client([task]), project, session)
     assert res.reviews_new == 1 and res.exemplars["added"] == 3
     task["annotations"][0]["result"] = _result(bands, {0: "weapon", 1: "safe", 2: "safe"})
-    res = sync_reviews(_Client([task]), project, session)
+    res = pull_reviews(_Client([task]), project, session)
     assert res.reviews_updated == 1 and res.exemplars["relabelled"] == 1 and res.exemplars["unchanged"] == 2
     assert sorted(e.label for e in session.execute(select(Exemplar)).scalars()) == ["safe", "safe", "weapon"]
 

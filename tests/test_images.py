@@ -264,3 +264,74 @@ def test_resize_to_grid_keeps_content_and_identity() -> None:
     assert small[:, :20].max() < 10 and small[:, 28:].min() > 245
     with pytest.raises(ValueError):
         resize_to_grid(img[:, :, 0], 48, 8)
+
+
+def test_fifo_fails_at_once_instead_of_blocking(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    box = {}
+
+    def target():
+        try:
+            load_image(fifo)
+        except InvalidImageError as exc:
+            box["exc"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(5)
+    if t.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # unblock the reader
+        pytest.fail("load_image blocked on a FIFO")
+    assert "FIFO" in box["exc"].reason and str(fifo) in str(box["exc"])
+    with pytest.raises(InvalidImageError, match="character device"):
+        load_image("/dev/zero")
+
+
+def _smooth_jpeg(w: int, h: int) -> bytes:
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)], axis=2).astype(np.uint8)
+    return _encode(Image.fromarray(rgb), "JPEG", quality=85)
+
+
+@pytest.mark.parametrize(
+    "draft_side, expected_hw",
+    [(300, (375, 500)), (250, (188, 250)), (600, (750, 1000)), (1999, (1500, 2000)), (None, (1500, 2000))],
+)
+def test_draft_decodes_large_jpegs_at_the_nearest_scale_at_or_above_the_working_size(draft_side, expected_hw) -> None:
+    from clasp_engine.images import decoded_pixels
+
+    data = _smooth_jpeg(2000, 1500)
+    out = load_image(data, draft_side=draft_side)
+    _check_canonical(out, *expected_hw)
+    assert max(out.shape[:2]) >= (draft_side or 0)
+    assert decoded_pixels(data, draft_side) == expected_hw[0] * expected_hw[1]
+    full = load_image(data).astype(int)  # the reduced decode shows the same picture
+    h, w = expected_hw
+    small = np.asarray(Image.fromarray(full.astype(np.uint8)).resize((w, h), Image.Resampling.BOX), dtype=int)
+    assert np.abs(out.astype(int) - small).mean() < 3
+
+
+def test_draft_leaves_other_formats_and_the_pixel_cap_alone() -> None:
+    png = _encode(Image.fromarray(np.zeros((300, 400, 3), np.uint8)), "PNG")
+    _check_canonical(load_image(png, draft_side=50), 300, 400)
+    with pytest.raises(InvalidImageError, match="exceeds the limit"):  # checked on the full size
+        load_image(_smooth_jpeg(2000, 1500), draft_side=100, max_pixels=1_000_000)
+
+
+def test_animated_images_and_corrupt_exif_are_reported_with_the_name(caplog) -> None:
+    frames = [Image.new("RGB", (12, 10), c) for c in ("red", "blue", "green")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    with caplog.at_level("WARNING", logger="clasp_engine.images"):
+        _check_canonical(load_image(buf.getvalue(), name="s3://b/party.gif"), 10, 12)
+    assert "s3://b/party.gif: animated image with 3 frames" in caplog.text
+    caplog.clear()
+    bad_exif = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03\xff\xff\xff\xff\x00\x06\x00\x00"
+    data = _encode(_rgb_image(), "JPEG", exif=bad_exif)
+    with caplog.at_level("WARNING", logger="clasp_engine.images"):
+        _check_canonical(load_image(data, name="photos/broken-exif.jpg"), 30, 40)
+    assert "photos/broken-exif.jpg:" in caplog.text and "EXIF" in caplog.text

@@ -280,9 +280,12 @@ def test_http_ok_octet_stream_and_redirect(server, loopback_only):
     ],
 )
 def test_http_failures_have_reasons(server, loopback_only, path, reason, retryable):
+    # http_timeout_s is a total deadline: 0.5 s where the timeout is the point, 2 s
+    # elsewhere so that a loaded machine does not turn a 404 into a timeout.
+    timeout_s = 0.5 if "timed out" in reason else 2.0
     t0 = time.monotonic()
     with pytest.raises(SourceError, match=reason) as info:
-        fetch_image(f"{server}{path}", settings(http_timeout_s=0.5))
+        fetch_image(f"{server}{path}", settings(http_timeout_s=timeout_s))
     assert info.value.retryable is retryable
     assert time.monotonic() - t0 < 2.5  # the timeout bounds the whole download
 
@@ -332,7 +335,7 @@ def test_bad_inputs_fail_their_image_and_the_batch_completes(migrated_url, serve
         f"{server}/page.html": "not an image",
     }
     uris = [good_local, *bad, f"{server}/ok.jpg", good_local2]
-    cfg = settings(http_timeout_s=0.5)
+    cfg = settings(http_timeout_s=2.0)  # a total deadline; /slow.jpg answers after 3 s
     engine = make_engine(migrated_url)
     with make_session_factory(engine)() as s:
         add_images(s, uris)
@@ -353,3 +356,243 @@ def test_bad_inputs_fail_their_image_and_the_batch_completes(migrated_url, serve
         assert rows[f"{server}/slow.jpg"].attempts == 2  # retried once, then failed
         assert rows[f"{server}/missing.jpg"].attempts == 1  # not worth retrying
     engine.dispose()
+
+
+# --------------------------------------------------------------------------- host policy for every scheme
+
+
+class CountingListener:
+    """A TCP listener on 127.0.0.1 that counts accepted connections and closes each at once."""
+
+    def __init__(self):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def listener():
+    pytest.importorskip("fsspec")
+    lst = CountingListener()
+    yield lst
+    lst.close()
+
+
+NETWORK_FORMS = [
+    "ftp://127.0.0.1:{p}/x.jpg",
+    "ftp://localhost:{p}/x.jpg",
+    "FTP://127.0.0.1:{p}/x.jpg",
+    "ftp://user:secret@127.0.0.1:{p}/x.jpg",
+    "ftp://2130706433:{p}/x.jpg",
+    "ftp://0x7f000001:{p}/x.jpg",
+    "ftp://127.1:{p}/x.jpg",
+    "ftp://[::ffff:127.0.0.1]:{p}/x.jpg",
+    "sftp://127.0.0.1:{p}/x.jpg",
+    "ssh://127.0.0.1:{p}/x.jpg",
+    "smb://127.0.0.1:{p}/share/x.jpg",
+    "webhdfs://127.0.0.1:{p}/x.jpg",
+    "hdfs://127.0.0.1:{p}/x.jpg",
+    "http://127.0.0.1:{p}/x.jpg",
+    "simplecache::ftp://127.0.0.1:{p}/x.jpg",
+    "filecache::webhdfs://127.0.0.1:{p}/x.jpg",
+    "blockcache::http://127.0.0.1:{p}/x.jpg",
+    "simplecache::http://localhost:{p}/x.jpg",
+    "zip://x.jpg::http://127.0.0.1:{p}/a.zip",
+    "zip://x.jpg::ftp://127.0.0.1:{p}/a.zip",
+    "tar://x.jpg::simplecache::ftp://127.0.0.1:{p}/a.tar",
+    "simplecache::zip://x.jpg::https://127.0.0.1:{p}/a.zip",
+]
+
+
+@pytest.mark.parametrize("form", NETWORK_FORMS)
+def test_every_scheme_and_chain_obeys_the_host_policy_without_connecting(form, listener, monkeypatch):
+    monkeypatch.delenv("CLASP_ALLOWED_SCHEMES", raising=False)
+    uri = form.format(p=listener.port)
+    with pytest.raises(SourceError, match="refused|no fsspec filesystem") as info:
+        read_image_bytes(uri, settings(http_timeout_s=2.0))
+    assert info.value.retryable is False, f"{uri}: a policy refusal must be permanent ({info.value.reason})"
+    time.sleep(0.05)
+    assert listener.accepted == 0, f"{uri} connected {listener.accepted} time(s) to the loopback listener"
+
+
+def test_unchecked_scheme_is_refused_unless_allowed_and_then_still_host_checked(listener, monkeypatch):
+    uri = f"webhdfs://127.0.0.1:{listener.port}/x.jpg"
+    monkeypatch.delenv("CLASP_ALLOWED_SCHEMES", raising=False)
+    with pytest.raises(SourceError, match="CLASP_ALLOWED_SCHEMES") as info:
+        read_image_bytes("webhdfs://8.8.8.8:50070/x.jpg", settings())
+    assert info.value.retryable is False
+    monkeypatch.setenv("CLASP_ALLOWED_SCHEMES", "s3, webhdfs")
+    with pytest.raises(SourceError, match="refused.*loopback"):  # allowed scheme, loopback host
+        read_image_bytes(uri, settings())
+    assert listener.accepted == 0
+    with pytest.raises(SourceError):  # allowed scheme and private hosts: it does connect
+        read_image_bytes(uri, settings(allow_private_hosts=True, http_timeout_s=2.0))
+    assert listener.accepted >= 1
+
+
+def test_checked_scheme_connects_when_private_hosts_are_allowed(listener, monkeypatch):
+    monkeypatch.delenv("CLASP_ALLOWED_SCHEMES", raising=False)
+    for form in ("ftp://localhost:{p}/x.jpg", "simplecache::ftp://127.0.0.1:{p}/x.jpg"):
+        before = listener.accepted
+        with pytest.raises(SourceError):  # the listener hangs up: a store error, not a refusal
+            read_image_bytes(form.format(p=listener.port), settings(allow_private_hosts=True))
+        assert listener.accepted > before, form
+
+
+def test_checked_hosts_are_pinned_to_the_checked_address():
+    pytest.importorskip("fsspec")
+    out = sources.checked_fsspec_uri("simplecache::ftp://u:p@localhost:2121/a/x.jpg", settings(allow_private_hosts=True))
+    assert out == "simplecache::ftp://u:p@127.0.0.1:2121/a/x.jpg"
+    assert sources.checked_fsspec_uri("memory://b/x.jpg", settings()) == "memory://b/x.jpg"
+
+
+# --------------------------------------------------------------------------- special files
+
+
+def _special_files(tmp_path):
+    """name -> (path, expected words): a FIFO, a socket, a device and a directory, all named like images."""
+    import os
+    import socket
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    sock_path = tmp_path / "sock.jpg"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    folder = tmp_path / "folder.jpg"
+    folder.mkdir()
+    return {
+        "fifo": (str(fifo), "FIFO"),
+        "socket": (str(sock_path), "socket"),
+        "device": ("/dev/zero", "character device"),
+        "directory": (str(folder), "directory"),
+    }, sock
+
+
+def _fails_quickly(fn, path, timeout=5.0):
+    """Run fn(path) in a thread; the error it raised, or a failure if it is still blocked."""
+    import os
+
+    box = {}
+
+    def target():
+        try:
+            fn(path)
+        except Exception as exc:  # noqa: BLE001
+            box["exc"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        if path.endswith("pipe.jpg"):  # unblock the reader so the thread ends
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+        pytest.fail(f"reading {path} still blocked after {timeout} s")
+    return box.get("exc"), time.monotonic() - t0
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "device", "directory"])
+def test_special_files_fail_alone_at_once_with_their_kind(tmp_path, kind):
+    files, sock = _special_files(tmp_path)
+    path, words = files[kind]
+    try:
+        for uri in (path, "file://" + path):
+            exc, took = _fails_quickly(lambda u: fetch_image(u, settings()), uri)
+            assert isinstance(exc, SourceError), exc
+            assert words in exc.reason and exc.retryable is False, exc.reason
+            assert took < 2.0
+    finally:
+        sock.close()
+
+
+def test_non_utf8_file_names_are_read_through_their_text_uri(tmp_path):
+    import os
+
+    raw = os.fsencode(str(tmp_path)) + b"/bad\xff name.jpg"
+    with open(raw, "wb") as f:
+        f.write(GOOD)
+    uri = sources.normalize_uri(os.fsdecode(raw))
+    uri.encode("utf-8")  # storable and printable
+    assert uri.startswith("file://") and "%FF" in uri
+    assert read_image_bytes(uri, settings()) == GOOD
+
+
+# --------------------------------------------------------------------------- total deadline
+
+
+class TricklingServer:
+    """A raw loopback HTTP server that sends `prefix` at once, then one byte of `trickle` per `every` s."""
+
+    def __init__(self, prefix: bytes, trickle: bytes, every: float = 0.2):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/x.jpg"
+        self.prefix, self.trickle, self.every = prefix, trickle, every
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(4096)
+            try:
+                conn.sendall(self.prefix)
+                for i in range(len(self.trickle)):
+                    conn.sendall(self.trickle[i : i + 1])
+                    time.sleep(self.every)
+            except OSError:
+                return  # the client hung up: expected
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    "prefix, trickle",
+    [
+        (b"", b"HTTP/1.1 200 OK\r\n" * 20),  # the status line
+        (b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"a" * 200 + b"\r\n"),  # the headers
+        (b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 999\r\n\r\n", b"\xff" * 200),  # the body
+    ],
+    ids=["status-line", "headers", "body"],
+)
+def test_http_timeout_is_a_total_deadline_against_trickling_peers(loopback_only, prefix, trickle):
+    srv = TricklingServer(prefix, trickle)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(SourceError, match="timed out after 1 s") as info:
+            read_image_bytes(srv.url, settings(http_timeout_s=1.0))
+        took = time.monotonic() - t0
+        assert info.value.retryable is True
+        assert took < 1.8, f"the read took {took:.1f} s with a 1 s timeout"
+    finally:
+        srv.close()

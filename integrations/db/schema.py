@@ -24,9 +24,10 @@ from sqlalchemy.engine.url import URL
 
 from integrations.db.session import display_url, is_sqlite, make_engine, normalize_url
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ALEMBIC_INI = REPO_ROOT / "alembic.ini"
-MIGRATIONS_DIR = REPO_ROOT / "migrations"
+# The history ships inside the package (package data), so `clasp db upgrade` works
+# from any directory and from an installed wheel; the Config is built here, not
+# read from alembic.ini (which stays at the repository root for the `alembic` CLI).
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 class SchemaError(RuntimeError):
@@ -42,8 +43,8 @@ class SchemaMismatchError(SchemaError):
 
 
 def alembic_config(url: str | URL | None = None) -> Config:
-    """An Alembic Config for the repository's history, bound to `url` if given."""
-    cfg = Config(str(ALEMBIC_INI)) if ALEMBIC_INI.exists() else Config()
+    """An Alembic Config for the packaged history, bound to `url` if given."""
+    cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["skip_logging"] = True
     if url is not None:
