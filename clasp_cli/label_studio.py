@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="classic", help="backend: engine backbone (default classic)")
     parser.add_argument("--variant", default="pixel", choices=("pixel", "patch"), help="backend: engine variant")
     parser.add_argument("--weights", help="backend: backbone weights (a file, or 'random' for speed tests only)")
+    parser.add_argument("--granularity", action="store_true",
+                        help="backend: also answer the coarser and finer partitions of the K search (extra predictions)")
     parser.add_argument("--backend", metavar="URL",
                         help="start: connect the ML backend at URL (e.g. http://127.0.0.1:9090) to the demo project")
     parser.add_argument("--port", type=int,
@@ -54,7 +56,8 @@ def _backend(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        serve(args.host, args.port or 9090, backbone=args.backbone, variant=args.variant, weights=args.weights)
+        serve(args.host, args.port or 9090, backbone=args.backbone, variant=args.variant, weights=args.weights,
+              granularity=args.granularity)
     except ConfigError as e:
         print(f"clasp label-studio backend: {e}", file=sys.stderr)
         return 2

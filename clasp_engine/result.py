@@ -69,6 +69,8 @@ class Segmentation:
     patch_labels: np.ndarray  # (rows, cols) on the patch grid
     segments: list[Segment]
     diagnostics: Diagnostics
+    # patch-grid labels of the other candidate Ks of the search (K -> (rows, cols)), for coarser/finer views
+    alternatives: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def k(self) -> int:

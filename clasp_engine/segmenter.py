@@ -184,7 +184,10 @@ class Segmenter:
             warnings=warnings,
             solver=spectrum.solver,
         )
-        return Segmentation(labels=labels, patch_labels=patch_labels, segments=segments, diagnostics=diagnostics)
+        alternatives = {int(c): alt.labels.reshape(rows, cols) for c, alt in selection.candidates.items()
+                        if c != selection.k}
+        return Segmentation(labels=labels, patch_labels=patch_labels, segments=segments, diagnostics=diagnostics,
+                            alternatives=alternatives)
 
 
 def _compact(labels: np.ndarray, patch_labels: np.ndarray, k_before: int

@@ -150,3 +150,21 @@ def test_backend_bad_input_gets_clear_errors(model):
     assert "no data field 'image'" in r["errors"]["3"]
     with pytest.raises(LabelConfigError, match="no <Image>"):
         BrushTarget.from_config("<View><Text name='t' value='$t'/></View>")
+
+
+def test_backend_granularity_answers_coarser_and_finer(model, shared_data):
+    import base64
+
+    from starlette.testclient import TestClient
+
+    img = sorted((shared_data / "bsds500" / "images").glob("*"))[1]
+    url = "data:image/jpeg;base64," + base64.b64encode(img.read_bytes()).decode()
+    fine = ProposalModel.__new__(ProposalModel)
+    fine.__dict__.update(model.__dict__)
+    fine.granularity = True
+    out = TestClient(create_app(fine)).post(
+        "/predict", json={"tasks": [{"id": 1, "data": {"image": url}}], "label_config": LabelingConfig().xml()}).json()
+    preds = out["results"][0]
+    versions = [p["model_version"] for p in preds]
+    assert versions[0] == model.model_version and len(preds) >= 2, versions
+    assert all(v.startswith(model.model_version + "/") and ("coarser-k" in v or "finer-k" in v) for v in versions[1:])

@@ -529,3 +529,26 @@ def test_survival_counts_coloured_proposal_labels_as_neutral():
     a[:2] = True
     st = survival([RegionMask("p", a)], [RegionMask("p", a, ("region-3",))])
     assert st["relabelled"] == 0 and st["labels"] == {"region": 1}
+
+
+# --------------------------------------------------------------------------- granularity
+
+
+def test_engine_keeps_coarser_and_finer_partitions_and_push_sends_them():
+    from clasp_engine import Segmenter, SegmenterConfig
+    from integrations.label_studio.predictions import granularity_alternatives
+    from integrations.samples import sample_image_paths
+
+    photo = next(p for p in sample_image_paths() if p.name == "grace_hopper.jpg")
+    seg = Segmenter(SegmenterConfig(backbone="classic", variant="patch"))(str(photo))
+    alts = granularity_alternatives(seg)
+    assert alts, f"the K search kept no alternative to K={seg.k} (candidates: {sorted(seg.alternatives)})"
+    for name, (k, lab) in alts.items():
+        assert lab.shape == seg.labels.shape and int(lab.max()) + 1 == k
+        assert (k < seg.k) if name == "coarser" else (k > seg.k)
+    fake = FakeLabelStudio()
+    item = PushItem(1, "https://img.example.com/1.jpg", seg.labels, "mv1", alternatives=alts)
+    r = push_segmentations(_client(fake), Project(1, "p", LabelingConfig().xml()), [item])
+    assert r.ok and [x.prediction_id for x in r.sent] == [1]  # the record keeps the main prediction
+    versions = [p["model_version"] for p in fake.preds]
+    assert versions[0] == "mv1" and sorted(versions[1:]) == sorted(f"mv1/{n}-k{k}" for n, (k, _) in alts.items())

@@ -4,8 +4,9 @@ Speaks the protocol Label Studio 1.23 uses for "Model" connections:
 
 - `GET /health` -> `{"status": "UP", "model_class": ...}`;
 - `POST /setup` (project, schema, hostname, access_token, extra_params) -> `{"model_version": ...}`;
-- `POST /predict` (tasks, project, label_config, params) -> `{"results": [[prediction] | [], ...]}`,
-  one entry per task, in order; a task that fails gets `[]` (no prediction) and its
+- `POST /predict` (tasks, project, label_config, params) -> `{"results": [[prediction, ...] | [], ...]}`,
+  one entry per task, in order (with `--granularity`, the coarser and finer partitions of
+  the K search follow as extra predictions with their own model_version); a task that fails gets `[]` (no prediction) and its
   reason in `errors` (task id -> message) and in the log, the other tasks go on;
 - `POST /webhook` -> `{"status": "ok"}` (Label Studio sends annotation events; CLASP
   does not train, so they are acknowledged and ignored).
@@ -45,7 +46,13 @@ from integrations.label_studio.config import (
     is_proposal_label,
     proposal_label,
 )
-from integrations.label_studio.predictions import RegionPolicy, build_prediction, model_version
+from integrations.label_studio.predictions import (
+    RegionPolicy,
+    alternative_model_version,
+    build_prediction,
+    granularity_alternatives,
+    model_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +179,8 @@ class ProposalModel:
     """One Segmenter, loaded once; turns tasks into brush predictions for a given labeling config."""
 
     def __init__(self, backbone: str = "classic", variant: str = "pixel", weights: str | None = None,
-                 policy: RegionPolicy | None = None, fetcher: ImageFetcher | None = None) -> None:
+                 policy: RegionPolicy | None = None, fetcher: ImageFetcher | None = None,
+                 granularity: bool = False) -> None:
         from clasp_engine import Segmenter, SegmenterConfig
         from clasp_engine import __version__ as engine_version
 
@@ -184,10 +192,12 @@ class ProposalModel:
         self.fetcher = fetcher or ImageFetcher(None)
         name = getattr(getattr(self.segmenter, "backbone", None), "name", backbone)
         self.model_version = model_version(engine_version, name, self.config.to_dict(), variant)
+        self.granularity = granularity  # also answer the coarser / finer partitions of the K search
         self._lock = threading.Lock()  # one segmentation at a time: the engine uses all cores anyway
         self.served = 0
 
-    def predict_task(self, task: dict, target: BrushTarget) -> dict:
+    def predict_task(self, task: dict, target: BrushTarget) -> list[dict]:
+        """The task's predictions: the chosen partition, then (with `granularity`) coarser and finer."""
         data = task.get("data") or {}
         if target.image_key not in data:
             raise BackendError(f"task {task.get('id')} has no data field {target.image_key!r} (the <Image> value)")
@@ -198,8 +208,15 @@ class ProposalModel:
             seg.labels, {s.label: s.confidence for s in seg.segments}, model_version=self.model_version,
             config=target.labeling, policy=self.policy, label=target.label,
         )
+        out = [built.prediction]
+        if self.granularity:
+            for name, (k, alt) in sorted(granularity_alternatives(seg).items()):
+                out.append(build_prediction(
+                    alt, None, model_version=alternative_model_version(self.model_version, name, k),
+                    config=target.labeling, policy=self.policy, label=target.label,
+                ).prediction)
         self.served += 1
-        return built.prediction
+        return out
 
     def predict(self, tasks: list[dict], label_config: str) -> dict:
         target = BrushTarget.from_config(label_config)  # a bad config fails the whole request, clearly
@@ -207,7 +224,7 @@ class ProposalModel:
         errors: dict[str, str] = {}
         for task in tasks:
             try:
-                results.append([self.predict_task(task, target)])
+                results.append(self.predict_task(task, target))
             except (BackendError, LabelConfigError) as e:
                 errors[str(task.get("id"))] = str(e)
                 results.append([])
@@ -294,14 +311,14 @@ def fetcher_from_settings(settings=None) -> ImageFetcher:
 
 
 def serve(host: str, port: int, *, backbone: str = "classic", variant: str = "pixel", weights: str | None = None,
-          log_level: str = "info") -> None:
+          granularity: bool = False, log_level: str = "info") -> None:
     """Load the model once, then serve until interrupted."""
     import uvicorn
 
     fetcher = fetcher_from_settings()
     if not fetcher.token:
         log.warning("no LABEL_STUDIO_API_KEY: images uploaded to Label Studio cannot be read (those tasks fail)")
-    model = ProposalModel(backbone=backbone, variant=variant, weights=weights, fetcher=fetcher)
+    model = ProposalModel(backbone=backbone, variant=variant, weights=weights, fetcher=fetcher, granularity=granularity)
     log.info("CLASP ML backend: %s loaded in %.1fs; serving on http://%s:%d", model.model_version,
              model.load_seconds, host, port)
     uvicorn.run(create_app(model), host=host, port=port, log_level=log_level)

@@ -206,6 +206,40 @@ def colour_regions(label_map: np.ndarray, values: list[int], n_colours: int) -> 
     return {v: int(colour[index[v]]) for v in values}
 
 
+GRANULARITIES = ("coarser", "finer")
+
+
+def granularity_alternatives(segmentation) -> dict[str, tuple[int, np.ndarray]]:
+    """The coarser and finer partitions the K search also computed: name -> (K, label map at full size).
+
+    `coarser` is the largest searched K below the chosen one, `finer` the smallest above
+    (either may be missing, e.g. with a fixed K). The alternatives are patch-level
+    clusterings upsampled to the image (no CRF), so their borders are blockier than the
+    chosen partition's.
+    """
+    from clasp_engine.refine import upsample_labels
+
+    k = segmentation.k
+    alts = getattr(segmentation, "alternatives", None) or {}
+    h, w = segmentation.labels.shape
+    out: dict[str, tuple[int, np.ndarray]] = {}
+    lower = [c for c in alts if c < k]
+    upper = [c for c in alts if c > k]
+    for name, pick in (("coarser", max(lower) if lower else None), ("finer", min(upper) if upper else None)):
+        if pick is None:
+            continue
+        full = upsample_labels(np.asarray(alts[pick]), h, w)
+        compact = np.unique(full, return_inverse=True)[1].reshape(h, w).astype(np.int32)
+        out[name] = (int(compact.max()) + 1, compact)
+    return out
+
+
+def alternative_model_version(base: str, name: str, k: int) -> str:
+    """`<model version>/<coarser|finer>-k<K>`, within the 100-character column."""
+    suffix = f"/{name}-k{k}"
+    return base[: MODEL_VERSION_MAX - len(suffix)] + suffix
+
+
 def region_masks(labels: np.ndarray, regions: list[Region]) -> list[np.ndarray]:
     return [np.isin(labels, r.labels) for r in regions]
 

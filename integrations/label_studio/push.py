@@ -28,7 +28,7 @@ import numpy as np
 from integrations.label_studio.client import LabelStudioClient, LabelStudioUnavailable, Project, RetryPolicy
 from integrations.label_studio.config import LabelingConfig, validate_labels
 from integrations.label_studio.images import ImageModeError, ImageResolver
-from integrations.label_studio.predictions import RegionPolicy, build_prediction
+from integrations.label_studio.predictions import RegionPolicy, alternative_model_version, build_prediction
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ class PushItem:
     model_version: str
     confidences: dict[int, float] = field(default_factory=dict)
     segmentation_id: int | None = None
+    # granularity option: name ("coarser"/"finer") -> (K, label map); pushed as extra
+    # predictions with their own model_version (`predictions.granularity_alternatives`)
+    alternatives: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -206,7 +209,11 @@ def push_segmentations(
                         "clasp_model_version": it.model_version,
                         "clasp_image_mode": img.mode,
                     },
-                    "predictions": [built.prediction],
+                    "predictions": [built.prediction] + [
+                        build_prediction(alt, None, model_version=alternative_model_version(it.model_version, name, k),
+                                         config=labeling, policy=policy).prediction
+                        for name, (k, alt) in sorted(it.alternatives.items())
+                    ],
                 }
             )
             metas.append((it, len(built.regions), built.score, img.mode))
