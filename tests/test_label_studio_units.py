@@ -552,3 +552,39 @@ def test_engine_keeps_coarser_and_finer_partitions_and_push_sends_them():
     assert r.ok and [x.prediction_id for x in r.sent] == [1]  # the record keeps the main prediction
     versions = [p["model_version"] for p in fake.preds]
     assert versions[0] == "mv1" and sorted(versions[1:]) == sorted(f"mv1/{n}-k{k}" for n, (k, _) in alts.items())
+
+
+# --------------------------------------------------------------------------- one retry layer
+
+
+def test_one_retry_layer_when_down():
+    calls = []
+
+    def handler(request):
+        calls.append(request.url.path)
+        raise httpx.ConnectError("refused", request=request)
+
+    # the client would retry 10 times on its own; the push's policy (3 retries) replaces it, never multiplies
+    r = push_segmentations(_client(handler, retries=10), Project(1, "p", LabelingConfig().xml()), _items(3),
+                           retries=3, backoff=0.001)
+    assert not r.sent and "unavailable" in r.error
+    assert len(calls) == 4  # 1 + 3 retries (the old client inside the old push loop: up to 25)
+
+
+def test_import_retried_only_by_the_reconcile_loop():
+    fake = FakeLabelStudio()
+    seen = []
+
+    def handler(request):
+        seen.append(request.url.path.rstrip("/"))
+        if request.url.path.endswith("/import"):
+            return httpx.Response(502, text="bad gateway")  # nothing stored
+        return fake(request)
+
+    r = push_segmentations(_client(handler, retries=10), Project(1, "p", LabelingConfig().xml()), _items(2),
+                           retries=2, backoff=0.001)
+    assert not r.sent and r.unsent == [1, 2] and "unavailable" in r.error
+    assert sum(p.endswith("/import") for p in seen) == 3 == r.import_requests  # 1 + 2 retries, no nesting
+    # between two imports, the keys are read back first (a batch that landed is never sent twice)
+    imports = [i for i, p in enumerate(seen) if p.endswith("/import")]
+    assert all(seen[i - 1] == "/api/tasks" for i in imports[1:])
