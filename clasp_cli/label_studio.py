@@ -51,14 +51,14 @@ def _server(args: argparse.Namespace):
 def _backend(args: argparse.Namespace) -> int:
     import logging
 
-    from clasp_engine.errors import ConfigError
+    from clasp_engine.errors import ClaspError
     from integrations.label_studio.backend import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         serve(args.host, args.port or 9090, backbone=args.backbone, variant=args.variant, weights=args.weights,
               granularity=args.granularity)
-    except ConfigError as e:
+    except ClaspError as e:  # bad backbone/variant, weights that cannot be loaded
         print(f"clasp label-studio backend: {e}", file=sys.stderr)
         return 2
     return 0
