@@ -119,7 +119,7 @@ def shared_pushed(db, ls, project, resolver, shared_data):
 def test_project_find_or_create(ls, project):
     again = ls.find_or_create_project("CLASP integration test", LabelingConfig().xml())
     assert again.id == project.id
-    assert labels_in_config(project.label_config, "tag") == set(LabelingConfig().labels)
+    assert labels_in_config(project.label_config, "tag") == set(LabelingConfig().config_labels)  # taxonomy + region-1..6
     assert sum(p["title"] == "CLASP integration test" for p in ls.projects()) == 1
 
 
