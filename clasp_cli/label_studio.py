@@ -1,4 +1,8 @@
-"""`clasp label-studio start|stop|status`: a local Label Studio for the demo.
+"""`clasp label-studio start|stop|status|env|backend`: a local Label Studio for the demo, and CLASP's ML backend.
+
+`backend --host H --port P` serves Label Studio's ML backend protocol (proposals on
+demand for any project with an Image and BrushLabels); `start --backend URL` connects
+such a backend to the demo project.
 
 Runs in its own venv (`.venv-label-studio`, installed on first start, ~70 s), binds
 127.0.0.1 only, keeps SQLite and media in `.clasp/label-studio/`, and generates an
@@ -15,8 +19,18 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("start", "stop", "status", "env"), help="what to do (env: print export lines)")
-    parser.add_argument("--port", type=int, help="port on 127.0.0.1 (default 8080, or a free one if busy)")
+    parser.add_argument("action", choices=("start", "stop", "status", "env", "backend"),
+                        help="what to do (env: print export lines; backend: serve the ML backend protocol)")
+    parser.add_argument("--host", default="127.0.0.1", help="backend: address to bind (default 127.0.0.1)")
+    parser.add_argument("--backbone", default="classic", help="backend: engine backbone (default classic)")
+    parser.add_argument("--variant", default="pixel", choices=("pixel", "patch"), help="backend: engine variant")
+    parser.add_argument("--weights", help="backend: backbone weights (a file, or 'random' for speed tests only)")
+    parser.add_argument("--granularity", action="store_true",
+                        help="backend: also answer the coarser and finer partitions of the K search (extra predictions)")
+    parser.add_argument("--backend", metavar="URL",
+                        help="start: connect the ML backend at URL (e.g. http://127.0.0.1:9090) to the demo project")
+    parser.add_argument("--port", type=int,
+                        help="port on 127.0.0.1 (default 8080, or a free one if busy); backend: its port (default 9090)")
     parser.add_argument("--data-dir", type=Path, help="server state (default .clasp/label-studio in the repository)")
     parser.add_argument(
         "--document-root",
@@ -34,9 +48,44 @@ def _server(args: argparse.Namespace):
     return LocalLabelStudio(args.data_dir or DEFAULT_DATA_DIR, port=args.port, document_root=root)
 
 
+def _backend(args: argparse.Namespace) -> int:
+    import logging
+
+    from clasp_engine.errors import ClaspError
+    from integrations.label_studio.backend import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        serve(args.host, args.port or 9090, backbone=args.backbone, variant=args.variant, weights=args.weights,
+              granularity=args.granularity)
+    except ClaspError as e:  # bad backbone/variant, weights that cannot be loaded
+        print(f"clasp label-studio backend: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _connect_backend(url: str) -> int:
+    from integrations.label_studio.client import LabelStudioClient, LabelStudioError
+    from integrations.label_studio.config import LabelingConfig
+    from integrations.settings import Settings
+
+    settings = Settings()
+    try:
+        with LabelStudioClient.from_settings(settings) as client:
+            project = client.find_or_create_project(settings.label_studio_project, LabelingConfig().xml())
+            b = client.connect_ml_backend(project.id, url)
+    except LabelStudioError as e:
+        print(f"clasp label-studio: cannot connect the backend {url}: {e}", file=sys.stderr)
+        return 1
+    print(f"ML backend {url} connected to project {project.id} ({project.title}), state {b.get('state')}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from integrations.label_studio.server import ServerError
 
+    if args.action == "backend":
+        return _backend(args)
     server = _server(args)
     if args.action == "start":
         try:
@@ -57,6 +106,12 @@ def run(args: argparse.Namespace) -> int:
             print("to push into it from this shell:")
             for k, v in server.env().items():
                 print(f"  export {k}={v}")
+        if args.backend:
+            import os
+
+            os.environ.pop("LABEL_STUDIO_API_KEY", None)
+            os.environ.update(server.env())
+            return _connect_backend(args.backend)
         return 0
     if args.action == "stop":
         stopped = server.stop()

@@ -71,6 +71,8 @@ class Segmentation:
     diagnostics: Diagnostics
     # (K, d) float32, row i = unit mean patch feature of segment i (clasp_engine.embed); None when not computed.
     region_embeddings: np.ndarray | None = None
+    # patch-grid labels of the other candidate Ks of the search (K -> (rows, cols)), for coarser/finer views
+    alternatives: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def k(self) -> int:

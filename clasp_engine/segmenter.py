@@ -186,8 +186,10 @@ class Segmenter:
             solver=spectrum.solver,
         )
         embeddings = region_embeddings(feats.detach().float().cpu().numpy(), patch_labels, k)
+        alternatives = {int(c): alt.labels.reshape(rows, cols) for c, alt in selection.candidates.items()
+                        if c != selection.k}
         return Segmentation(labels=labels, patch_labels=patch_labels, segments=segments, diagnostics=diagnostics,
-                            region_embeddings=embeddings)
+                            region_embeddings=embeddings, alternatives=alternatives)
 
 
 def _compact(labels: np.ndarray, patch_labels: np.ndarray, k_before: int

@@ -147,6 +147,7 @@ class KSelection:
     elbow_distances: np.ndarray
     silhouette: dict[int, float] = field(default_factory=dict)
     clustering: Clustering | None = None  # the chosen K's clustering, when already computed
+    candidates: dict[int, Clustering] = field(default_factory=dict)  # every searched K's clustering
 
 
 def candidate_window(elbow: int, window: int, k_min: int, k_max: int) -> list[int]:
@@ -187,4 +188,4 @@ def select_k(eigenvalues: np.ndarray, eigenvectors: torch.Tensor, *, k: int | No
     chosen = max(candidates, key=lambda c: (scores[c], -c))
     rule = "elbow" if len(candidates) == 1 else "silhouette"
     return KSelection(k=chosen, rule=rule, elbow_k=elbow, eigengaps=gaps, elbow_distances=distances,
-                      silhouette=scores, clustering=clusterings[chosen])
+                      silhouette=scores, clustering=clusterings[chosen], candidates=clusterings)

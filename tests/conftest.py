@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The folder Label Studio serves local files from: the checkout's parent, widened to take in
+# ../shared/data where that is a link to elsewhere (as in a git worktree beside a linked shared/).
+DOCUMENT_ROOT = Path(os.path.commonpath([REPO_ROOT.parent, SHARED_DATA.resolve()]))
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
 
@@ -47,7 +51,7 @@ def label_studio_server(tmp_path_factory):
     except (ServerError, OSError) as e:
         pytest.skip(f"cannot install Label Studio into its own venv: {e}")
     server = LocalLabelStudio(
-        tmp_path_factory.mktemp("label-studio"), port=free_port(), document_root=REPO_ROOT.parent
+        tmp_path_factory.mktemp("label-studio"), port=free_port(), document_root=DOCUMENT_ROOT
     )
     server.start(timeout=240)
     yield server

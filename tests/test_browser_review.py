@@ -4,9 +4,13 @@ Chromium is Debian's `chromium` package (installed with apt-get when missing; no
 browser download). It is driven over the DevTools protocol with `websockets`
 (already a dependency through prefect): set the session cookie of a login, open
 the task, capture a screenshot, check its pixels. The screenshots are kept in
-test-artifacts/: label_studio_review.png (a synthetic two-colour image, one region)
-and label_studio_review_sample.png (a bundled sample photo segmented by the real
-engine, every proposal region drawn over it).
+test-artifacts/: label_studio_review.png (a synthetic two-colour image, one region),
+label_studio_review_sample.png (a bundled sample photo segmented by the real
+engine, every proposal region drawn over it in one colour), label_studio_review_grid.png
+(six touching regions on a grey image: every region's overlay colour is read back
+and must be its label's palette colour, so touching regions differ) and
+label_studio_review_colours.png (the sample photo as a reviewer sees it by default:
+touching proposals in different colours).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from integrations.label_studio.push import PushItem, push_segmentations
 pytestmark = [pytest.mark.browser, pytest.mark.label_studio, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import DOCUMENT_ROOT  # noqa: E402  (the folder Label Studio serves local files from)
 IMAGE_RGB = (20, 110, 50)  # a dark green no part of the UI uses
 W, H = 480, 320
 
@@ -185,7 +190,7 @@ def test_reviewer_sees_proposals_over_the_image(label_studio_server, chromium, a
         r = push_segmentations(
             ls, project, [PushItem(1, str(img_path), labels, "browser-test")],
             policy=RegionPolicy(max_regions=1, small="drop"),
-            resolver=ImageResolver(mode="local-files", document_root=REPO_ROOT.parent),
+            resolver=ImageResolver(mode="local-files", document_root=DOCUMENT_ROOT),
         )
         assert r.ok and r.image_modes == {"local-files": 1}
         task_id = (r.sent or r.existing)[0].task_id
@@ -212,10 +217,11 @@ def test_reviewer_sees_proposals_over_the_image(label_studio_server, chromium, a
     assert 1.4 < width_t / width_g < 2.8, (width_t, width_g)  # 2/3 vs 1/3 of the displayed image
 
 
-# Every proposal region carries the neutral label `region` (the taxonomy's
-# magenta), so all regions of a task have the same colour in the editor: the check
-# is that they cover the photo (a partition of the image), with the photo visible
-# under them, and that the editor's Regions panel lists every one of them.
+# Here every proposal region carries the single neutral label `region` (palette=():
+# the taxonomy's magenta), so all regions of a task have the same colour in the editor:
+# the check is that they cover the photo (a partition of the image), with the photo
+# visible under them, and that the editor's Regions panel lists every one of them.
+# The coloured default is checked by the two tests after this one.
 REGIONS_IN_EDITOR = "document.querySelectorAll('[class*=\"node_type_brushregion\"]').length"
 
 
@@ -224,6 +230,7 @@ def test_reviewer_sees_engine_proposals_over_a_sample_photo(label_studio_server,
     from integrations.samples import sample_image_paths
 
     photo = next(p for p in sample_image_paths() if p.name == "grace_hopper.jpg")  # 5 segments (china.jpg: 2)
+    photo = Path(shutil.copy(photo, artifacts_dir / photo.name))  # inside the server's local-files root
     seg = Segmenter(SegmenterConfig(backbone="classic", variant="pixel"))(str(photo))
     assert seg.k >= 3, f"the engine found only {seg.k} regions in {photo.name}"
     raw = np.asarray(PILImage.open(photo).convert("RGB"))
@@ -232,10 +239,11 @@ def test_reviewer_sees_engine_proposals_over_a_sample_photo(label_studio_server,
 
     creds = label_studio_server.credentials()
     with LabelStudioClient(creds.url, creds.token()) as ls:
-        project = ls.find_or_create_project("CLASP browser test: sample photo", LabelingConfig().xml())
+        single = LabelingConfig(palette=())
+        project = ls.find_or_create_project("CLASP browser test: sample photo", single.xml())
         r = push_segmentations(
-            ls, project, [PushItem(2, str(photo), seg.labels, "browser-test-sample")],
-            resolver=ImageResolver(mode="local-files", document_root=REPO_ROOT.parent),
+            ls, project, [PushItem(2, str(photo), seg.labels, "browser-test-sample")], labeling=single,
+            resolver=ImageResolver(mode="local-files", document_root=DOCUMENT_ROOT),
         )
         assert r.ok and r.image_modes == {"local-files": 1}, r.summary()
         assert r.summary()["regions"] == seg.k, r.summary()  # one brush region per segment
@@ -267,3 +275,138 @@ def test_reviewer_sees_engine_proposals_over_a_sample_photo(label_studio_server,
     assert corr > 0.6, f"the displayed image does not look like {photo.name} (correlation {corr:.2f}); see {out}"
     assert n_items == seg.k, f"the editor lists {n_items} brush regions, the engine proposed {seg.k}; see {out}"
     print(f"overlay box {w}x{h}, covered {cover:.0%}, correlation with the photo {corr:.2f}, region items {n_items}")
+
+
+GREY = (128, 128, 128)
+
+
+def saturated(px: np.ndarray, min_chroma: int = 40) -> np.ndarray:
+    """Pixels with a clear colour (the overlay over a grey image; the UI is white and grey)."""
+    p = px.astype(int)
+    return (p.max(2) - p.min(2)) > min_chroma
+
+
+def overlay_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """top, bottom, left, right of the region where the mask is dense (the editor's canvas)."""
+    rows = np.flatnonzero(mask.sum(1) > 0.3 * mask.sum(1).max())
+    cols = np.flatnonzero(mask.sum(0) > 0.3 * mask.sum(0).max())
+    return rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+
+
+def palette_of(shown: np.ndarray, under: np.ndarray, palette: list[tuple[int, int, int]]) -> tuple[int, float]:
+    """Which palette colour, blended over `under` with one alpha, explains the `shown` pixels best.
+
+    shown = (1 - a) * under + a * colour  =>  shown - under = a * (colour - under):
+    fit a by least squares for every candidate and keep the smallest residual.
+    """
+    d = (shown.astype(float) - under.astype(float)).reshape(-1, 3)
+    best, best_res = -1, np.inf
+    for i, c in enumerate(palette):
+        v = (np.asarray(c, float) - under.astype(float)).reshape(-1, 3)
+        a = float((d * v).sum() / max((v * v).sum(), 1e-9))
+        res = float(((d - a * v) ** 2).mean()) if 0.05 < a <= 1.0 else np.inf
+        if res < best_res:
+            best, best_res = i, res
+    return best, best_res
+
+
+def hex_rgb(h: str) -> tuple[int, int, int]:
+    return tuple(int(h[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def test_touching_proposals_are_drawn_in_different_colours(label_studio_server, chromium, artifacts_dir):
+    """Six touching regions (2 x 3 grid) over a plain grey image: read each one's overlay colour back."""
+    gw, gh = 600, 400
+    img_path = artifacts_dir / "browser-test-grid.png"
+    PILImage.new("RGB", (gw, gh), GREY).save(img_path)
+    labels = (np.arange(gh)[:, None] >= gh // 2).astype(np.int32) * 3 + np.minimum(np.arange(gw)[None, :] // (gw // 3), 2)
+    cfg = LabelingConfig()
+    creds = label_studio_server.credentials()
+    with LabelStudioClient(creds.url, creds.token()) as ls:
+        project = ls.find_or_create_project("CLASP browser test: colours", cfg.xml())
+        r = push_segmentations(
+            ls, project, [PushItem(3, str(img_path), labels, "browser-test-grid")],
+            resolver=ImageResolver(mode="local-files", document_root=DOCUMENT_ROOT),
+        )
+        assert r.ok, r.summary()
+        task_id = (r.sent or r.existing)[0].task_id
+        pred = ls.task_predictions(task_id)[0]
+    label_of = {int(x["id"].split("-")[1]): x["value"]["brushlabels"][0] for x in pred["result"]}
+    touching = [(0, 1), (1, 2), (3, 4), (4, 5), (0, 3), (1, 4), (2, 5)]
+    assert all(label_of[a] != label_of[b] for a, b in touching), label_of  # the push coloured them apart
+
+    out = artifacts_dir / "label_studio_review_grid.png"
+    open_task_screenshot(label_studio_server, chromium, project.id, task_id, out,
+                         ready=lambda px: saturated(px).sum() > 50_000)
+    px = np.asarray(PILImage.open(out).convert("RGB"))
+    top, bottom, left, right = overlay_box(saturated(px))
+    h, w = bottom - top, right - left
+    assert abs(w / h - gw / gh) < 0.1 * gw / gh, f"overlay box {w}x{h} is not the image's shape; see {out}"
+    palette = [hex_rgb(c) for c in cfg.palette]
+    seen: dict[int, int] = {}
+    for cell in range(6):
+        row, col = divmod(cell, 3)
+        y0, y1 = top + int((row + 0.25) * h / 2), top + int((row + 0.75) * h / 2)
+        x0, x1 = left + int((col + 0.25) * w / 3), left + int((col + 0.75) * w / 3)
+        shown = np.median(px[y0:y1, x0:x1].reshape(-1, 3), axis=0)
+        idx, res = palette_of(shown[None, :], np.asarray(GREY)[None, :], palette)
+        seen[cell] = idx
+        expected = cfg.proposal_labels.index(label_of[cell])
+        assert idx == expected, (
+            f"region {cell} is drawn as {shown} ~ palette {idx}, its label {label_of[cell]} has palette {expected}; see {out}"
+        )
+    for a, b in touching:
+        assert seen[a] != seen[b], f"touching regions {a} and {b} are drawn in the same colour; see {out}"
+    print(f"overlay box {w}x{h}; palette index per region {seen}")
+
+
+def test_reviewer_sees_coloured_engine_proposals(label_studio_server, chromium, artifacts_dir):
+    """The default a reviewer gets: a sample photo's proposals, touching ones in different colours."""
+    from clasp_engine import Segmenter, SegmenterConfig
+    from integrations.label_studio.predictions import _adjacency
+    from integrations.samples import sample_image_paths
+
+    photo = next(p for p in sample_image_paths() if p.name == "grace_hopper.jpg")
+    photo = Path(shutil.copy(photo, artifacts_dir / photo.name))  # inside the server's local-files root
+    seg = Segmenter(SegmenterConfig(backbone="classic", variant="pixel"))(str(photo))
+    cfg = LabelingConfig()
+    creds = label_studio_server.credentials()
+    with LabelStudioClient(creds.url, creds.token()) as ls:
+        project = ls.find_or_create_project("CLASP browser test: coloured sample", cfg.xml())
+        r = push_segmentations(
+            ls, project, [PushItem(4, str(photo), seg.labels, "browser-test-colours",
+                                   confidences={s.label: s.confidence for s in seg.segments})],
+            resolver=ImageResolver(mode="local-files", document_root=DOCUMENT_ROOT),
+        )
+        assert r.ok, r.summary()
+        task_id = (r.sent or r.existing)[0].task_id
+        pred = ls.task_predictions(task_id)[0]
+    names = {int(x["id"].split("-")[1]): x["value"]["brushlabels"][0] for x in pred["result"]}
+    adj = _adjacency(seg.labels.astype(np.int64), seg.k)
+    pairs = [(a, b) for a in range(seg.k) for b in range(a + 1, seg.k) if adj[a, b] > 0]
+    assert pairs and all(names[a] != names[b] for a, b in pairs)
+    assert len({x["score"] for x in pred["result"]}) > 1  # scores carry the engine's varying confidence
+
+    out = artifacts_dir / "label_studio_review_colours.png"
+    raw = np.asarray(PILImage.open(photo).convert("RGB"))
+    n_items = open_task_screenshot(label_studio_server, chromium, project.id, task_id, out,
+                                   ready=lambda px: saturated(px, 60).sum() > 30_000, probe=REGIONS_IN_EDITOR)
+    assert n_items == seg.k, f"the editor lists {n_items} brush regions, the engine proposed {seg.k}; see {out}"
+    # every displayed region is tinted by its own label's colour (fit against the photo under it)
+    px = np.asarray(PILImage.open(out).convert("RGB"))
+    top, bottom, left, right = overlay_box(saturated(px, 60))
+    h, w = bottom - top, right - left
+    shown = px[top:bottom, left:right]
+    under = np.asarray(PILImage.fromarray(raw).resize((w, h), PILImage.BILINEAR))
+    lab = np.asarray(PILImage.fromarray(seg.labels.astype(np.uint8)).resize((w, h), PILImage.NEAREST))
+    palette = [hex_rgb(c) for c in cfg.palette]
+    right_colour = 0
+    for g, name in names.items():
+        inner = lab == g
+        if inner.sum() < 500:
+            continue
+        idx, _ = palette_of(shown[inner], under[inner], palette)
+        right_colour += idx == cfg.proposal_labels.index(name)
+    big = sum((lab == g).sum() >= 500 for g in names)
+    assert right_colour == big, f"{right_colour} of {big} regions drawn in their label's colour; see {out}"
+    print(f"{seg.k} regions, {len(pairs)} touching pairs, all in different colours; screenshot {out}")

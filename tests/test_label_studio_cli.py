@@ -58,3 +58,8 @@ def test_report_on_empty_database(tmp_path, capsys):
 def test_label_studio_status_when_stopped(tmp_path, capsys):
     assert main(["label-studio", "status", "--data-dir", str(tmp_path), "--port", "9"]) == 0
     assert "stopped" in capsys.readouterr().out
+
+
+def test_label_studio_backend_refuses_an_unknown_backbone(capsys):
+    assert main(["label-studio", "backend", "--backbone", "nope", "--port", "9"]) == 2
+    assert "backbone='nope'" in capsys.readouterr().err

@@ -40,6 +40,7 @@ from integrations.review.sync import pull_reviews, review_statistics
 pytestmark = [pytest.mark.label_studio, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import DOCUMENT_ROOT  # noqa: E402  (the folder Label Studio serves local files from)
 CONFIG = {"backbone": "gt-masks", "test": True}
 MV = model_version("0.1.0", "gt-masks", CONFIG, "pixel")
 KEEP_ALL = RegionPolicy(min_area=0, max_regions=1000)  # so masks come back exactly
@@ -59,7 +60,7 @@ def project(ls):
 
 @pytest.fixture(scope="module")
 def resolver():
-    return ImageResolver(mode="auto", document_root=REPO_ROOT.parent)
+    return ImageResolver(mode="auto", document_root=DOCUMENT_ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def shared_pushed(db, ls, project, resolver, shared_data):
 def test_project_find_or_create(ls, project):
     again = ls.find_or_create_project("CLASP integration test", LabelingConfig().xml())
     assert again.id == project.id
-    assert labels_in_config(project.label_config, "tag") == set(LabelingConfig().labels)
+    assert labels_in_config(project.label_config, "tag") == set(LabelingConfig().config_labels)  # taxonomy + region-1..6
     assert sum(p["title"] == "CLASP integration test" for p in ls.projects()) == 1
 
 

@@ -22,6 +22,8 @@ from integrations.label_studio.client import (
     Project,
 )
 from integrations.label_studio.config import (
+    brush_tags,
+    is_proposal_label,
     DEFAULT_TAXONOMY,
     LabelConfigError,
     LabelingConfig,
@@ -31,6 +33,7 @@ from integrations.label_studio.config import (
 )
 from integrations.label_studio.images import ImageModeError, ImageResolver
 from integrations.label_studio.predictions import (
+    colour_regions,
     RegionPolicy,
     build_prediction,
     config_hash,
@@ -118,14 +121,15 @@ def test_labeling_config_has_image_and_brushlabels_with_taxonomy():
     cfg = LabelingConfig()
     xml = cfg.xml()
     assert '<Image name="image" value="$image"' in xml
-    assert labels_in_config(xml, "tag") == set(DEFAULT_TAXONOMY)
+    # the taxonomy, plus one coloured proposal label per palette colour (touching proposals differ)
+    assert labels_in_config(xml, "tag") == set(DEFAULT_TAXONOMY) | {f"region-{i}" for i in range(1, 7)}
     assert "region" in cfg.labels
 
 
 def test_custom_taxonomy_adds_neutral_label():
     cfg = LabelingConfig.from_labels(["spam", "scam & fraud"])
     assert cfg.labels == ["region", "spam", "scam & fraud"]
-    assert labels_in_config(cfg.xml(), "tag") == {"region", "spam", "scam & fraud"}  # escaped, parsed back
+    assert labels_in_config(cfg.xml(), "tag") == {"region", "spam", "scam & fraud", *cfg.proposal_labels}  # escaped, parsed back
 
 
 def test_validate_labels_names_the_missing_ones():
@@ -171,7 +175,7 @@ def test_build_prediction_one_region_per_segment():
     for r, seg in zip(p["result"], range(4)):
         assert r["type"] == "brushlabels" and r["from_name"] == "tag" and r["to_name"] == "image"
         assert (r["original_width"], r["original_height"]) == (30, 20)
-        assert r["value"]["brushlabels"] == ["region"] and r["value"]["format"] == "rle"
+        assert is_proposal_label(r["value"]["brushlabels"][0]) and r["value"]["format"] == "rle"
         assert np.array_equal(rle.decode_mask(r["value"]["rle"], 20, 30), labels == seg)
         assert r["score"] == conf[seg]
     areas = np.bincount(labels.ravel())
@@ -385,7 +389,7 @@ class FakeLabelStudio:
         self.fail_imports = 0  # next N imports answer 502 after storing (the worst case)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.path
+        path = request.url.path.rstrip("/")  # the SDK asks for /api/tasks/, older code for /api/tasks
         if path == "/api/tasks":
             return httpx.Response(200, json={"tasks": [{"id": t["id"], "data": t["data"]} for t in self.tasks], "total": len(self.tasks)})
         if path.endswith("/import"):
@@ -468,3 +472,119 @@ def test_prediction_rles_equal_sdk_encoder():
     built = build_prediction(labels, {}, model_version="m", policy=RegionPolicy(min_area=10))
     sdk = build_prediction(labels, {}, model_version="m", policy=RegionPolicy(min_area=10), encoder=rle.sdk_mask_rle)
     assert built.prediction == sdk.prediction
+
+
+# --------------------------------------------------------------------------- colours
+
+
+def test_touching_regions_get_different_colours(rng):
+    labels = _three_regions()
+    built = build_prediction(labels, {}, model_version="m")
+    names = {r["id"]: r["value"]["brushlabels"][0] for r in built.prediction["result"]}
+    # 0 touches 1 and 3, 1 touches 2
+    assert names["clasp-0"] != names["clasp-1"] and names["clasp-1"] != names["clasp-2"]
+    assert names["clasp-0"] != names["clasp-3"]
+    for _ in range(20):  # Voronoi partitions: planar, so 6 colours always separate neighbours
+        k = int(rng.integers(3, 30))
+        pts = rng.random((k, 2)) * 60
+        yy, xx = np.mgrid[:60, :60]
+        lab = np.argmin((yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2, axis=-1)
+        col = colour_regions(lab, sorted(set(lab.ravel().tolist())), 6)
+        for a, b in ((lab[:, 1:], lab[:, :-1]), (lab[1:], lab[:-1])):
+            diff = a != b
+            pairs = {(int(x), int(y)) for x, y in zip(a[diff], b[diff])}
+            assert all(col[x] != col[y] for x, y in pairs)
+
+
+def test_colouring_falls_back_to_shortest_shared_border_when_colours_run_out():
+    labels = np.repeat(np.arange(4)[None, :], 3, 0).repeat(5, 1)  # 4 stripes in a row
+    col = colour_regions(labels, [0, 1, 2, 3], 1)
+    assert set(col.values()) == {0}
+    col = colour_regions(labels, [0, 1, 2, 3], 2)
+    assert col[0] != col[1] and col[1] != col[2] and col[2] != col[3]
+
+
+def test_region_scores_only_with_confidences():
+    labels = _three_regions()
+    bare = build_prediction(labels, {}, model_version="m").prediction
+    assert "score" not in bare and all("score" not in r for r in bare["result"])
+    scored = build_prediction(labels, {0: 0.2, 1: 0.9, 2: 0.6, 3: 0.4}, model_version="m").prediction
+    assert len({r["score"] for r in scored["result"]}) == 4
+
+
+def test_config_hotkeys_and_brush_tags():
+    cfg = LabelingConfig()
+    xml = cfg.xml()
+    assert 'value="nudity" background="#FF3B30" hotkey="1"' in xml
+    name, to, key, labels = brush_tags(xml)
+    assert (name, to, key) == ("tag", "image", "image") and set(labels) == set(cfg.config_labels)
+    with pytest.raises(LabelConfigError, match="BrushLabels"):
+        brush_tags('<View><Image name="img" value="$url"/><Choices name="c" toName="img"><Choice value="a"/></Choices></View>')
+    with pytest.raises(LabelConfigError, match="Image"):
+        brush_tags('<View><Text name="t" value="$text"/></View>')
+
+
+def test_survival_counts_coloured_proposal_labels_as_neutral():
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    st = survival([RegionMask("p", a)], [RegionMask("p", a, ("region-3",))])
+    assert st["relabelled"] == 0 and st["labels"] == {"region": 1}
+
+
+# --------------------------------------------------------------------------- granularity
+
+
+def test_engine_keeps_coarser_and_finer_partitions_and_push_sends_them():
+    from clasp_engine import Segmenter, SegmenterConfig
+    from integrations.label_studio.predictions import granularity_alternatives
+    from integrations.samples import sample_image_paths
+
+    photo = next(p for p in sample_image_paths() if p.name == "grace_hopper.jpg")
+    seg = Segmenter(SegmenterConfig(backbone="classic", variant="patch"))(str(photo))
+    alts = granularity_alternatives(seg)
+    assert alts, f"the K search kept no alternative to K={seg.k} (candidates: {sorted(seg.alternatives)})"
+    for name, (k, lab) in alts.items():
+        assert lab.shape == seg.labels.shape and int(lab.max()) + 1 == k
+        assert (k < seg.k) if name == "coarser" else (k > seg.k)
+    fake = FakeLabelStudio()
+    item = PushItem(1, "https://img.example.com/1.jpg", seg.labels, "mv1", alternatives=alts)
+    r = push_segmentations(_client(fake), Project(1, "p", LabelingConfig().xml()), [item])
+    assert r.ok and [x.prediction_id for x in r.sent] == [1]  # the record keeps the main prediction
+    versions = [p["model_version"] for p in fake.preds]
+    assert versions[0] == "mv1" and sorted(versions[1:]) == sorted(f"mv1/{n}-k{k}" for n, (k, _) in alts.items())
+
+
+# --------------------------------------------------------------------------- one retry layer
+
+
+def test_one_retry_layer_when_down():
+    calls = []
+
+    def handler(request):
+        calls.append(request.url.path)
+        raise httpx.ConnectError("refused", request=request)
+
+    # the client would retry 10 times on its own; the push's policy (3 retries) replaces it, never multiplies
+    r = push_segmentations(_client(handler, retries=10), Project(1, "p", LabelingConfig().xml()), _items(3),
+                           retries=3, backoff=0.001)
+    assert not r.sent and "unavailable" in r.error
+    assert len(calls) == 4  # 1 + 3 retries (the old client inside the old push loop: up to 25)
+
+
+def test_import_retried_only_by_the_reconcile_loop():
+    fake = FakeLabelStudio()
+    seen = []
+
+    def handler(request):
+        seen.append(request.url.path.rstrip("/"))
+        if request.url.path.endswith("/import"):
+            return httpx.Response(502, text="bad gateway")  # nothing stored
+        return fake(request)
+
+    r = push_segmentations(_client(handler, retries=10), Project(1, "p", LabelingConfig().xml()), _items(2),
+                           retries=2, backoff=0.001)
+    assert not r.sent and r.unsent == [1, 2] and "unavailable" in r.error
+    assert sum(p.endswith("/import") for p in seen) == 3 == r.import_requests  # 1 + 2 retries, no nesting
+    # between two imports, the keys are read back first (a batch that landed is never sent twice)
+    imports = [i for i, p in enumerate(seen) if p.endswith("/import")]
+    assert all(seen[i - 1] == "/api/tasks" for i in imports[1:])

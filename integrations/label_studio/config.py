@@ -1,8 +1,13 @@
 """Labeling config for the review project: an `Image` and `BrushLabels` over a taxonomy.
 
-The taxonomy is configurable; the default is a small moderation taxonomy plus the
-neutral label `region` that every unlabelled proposal carries. Label Studio accepts
-prediction labels that are not in the config, so `validate_labels` checks on our side.
+Label Studio draws every region in the colour of its label, so proposals carry
+neutral *proposal labels* `region-1` .. `region-6`, each with its own colour from a
+qualitative palette; the push gives touching proposals different ones (greedy colouring
+of the region adjacency graph, `predictions.colour_regions`). The moderation taxonomy
+follows, each label with a hotkey (1-7), so relabelling a selected region is one key
+or one click. `region` (the old single neutral label) stays in the config so older
+tasks still render. Label Studio accepts prediction labels that are not in the config,
+so `validate_labels` checks on our side.
 """
 
 from __future__ import annotations
@@ -12,6 +17,24 @@ from dataclasses import dataclass, field
 from xml.sax.saxutils import quoteattr
 
 NEUTRAL_LABEL = "region"
+
+# Proposal colours: vivid hues that photographs rarely show and that stay apart from the
+# moderation colours below (no red, orange, yellow, green, teal, blue or grey).
+PROPOSAL_PALETTE: tuple[str, ...] = ("#FF00FF", "#00E5FF", "#B2FF00", "#8A2BE2", "#FF7F50", "#A0522D")
+
+
+def proposal_label(neutral: str, index: int) -> str:
+    """The name of proposal colour `index` (0-based): `region-1`, `region-2`, ..."""
+    return f"{neutral}-{index + 1}"
+
+
+def is_proposal_label(label: str, neutral: str = NEUTRAL_LABEL) -> bool:
+    """True for the neutral label itself and its coloured variants (`region`, `region-3`)."""
+    if label == neutral:
+        return True
+    head, _, tail = label.rpartition("-")
+    return head == neutral and tail.isdigit()
+
 
 # label -> colour in the editor. Vivid, distinct colours; `region` is magenta, a
 # colour that photographs rarely contain (the browser test looks for it).
@@ -38,6 +61,7 @@ class LabelingConfig:
     from_name: str = "tag"
     to_name: str = "image"
     image_key: str = "image"  # task data key holding the image reference
+    palette: tuple[str, ...] = PROPOSAL_PALETTE  # one proposal label per colour; () = one neutral label only
 
     def __post_init__(self) -> None:
         if not self.taxonomy:
@@ -54,8 +78,27 @@ class LabelingConfig:
         return cls(taxonomy={n: palette[i % len(palette)] for i, n in enumerate(names)}, **kw)
 
     @property
+    def proposal_labels(self) -> list[str]:
+        """The coloured neutral labels, in palette order (empty: every proposal gets the neutral label)."""
+        return [proposal_label(self.neutral_label, i) for i in range(len(self.palette))]
+
+    @property
+    def moderation_labels(self) -> list[str]:
+        return [lab for lab in self.taxonomy if lab != self.neutral_label]
+
+    @property
     def labels(self) -> list[str]:
+        """The taxonomy: the neutral label and the moderation labels."""
         return list(self.taxonomy)
+
+    @property
+    def config_labels(self) -> list[str]:
+        """Every label the labeling config defines: the proposal labels, then the taxonomy."""
+        return self.proposal_labels + list(self.taxonomy)
+
+    def colours(self) -> dict[str, str]:
+        """label -> colour, as the editor draws them."""
+        return {**dict(zip(self.proposal_labels, self.palette)), **self.taxonomy}
 
     def xml(self) -> str:
         lines = [
@@ -63,10 +106,42 @@ class LabelingConfig:
             f"  <Image name={quoteattr(self.to_name)} value={quoteattr('$' + self.image_key)} zoom=\"true\"/>",
             f"  <BrushLabels name={quoteattr(self.from_name)} toName={quoteattr(self.to_name)}>",
         ]
-        for label, colour in self.taxonomy.items():
+        # moderation labels first, with hotkeys 1..9: select a region, press the key to relabel it
+        for i, label in enumerate(self.moderation_labels):
+            hotkey = f" hotkey={quoteattr(str(i + 1))}" if i < 9 else ""
+            lines.append(f"    <Label value={quoteattr(label)} background={quoteattr(self.taxonomy[label])}{hotkey}/>")
+        for label, colour in zip(self.proposal_labels, self.palette):
             lines.append(f"    <Label value={quoteattr(label)} background={quoteattr(colour)}/>")
+        lines.append(f"    <Label value={quoteattr(self.neutral_label)} background={quoteattr(self.taxonomy[self.neutral_label])}/>")
         lines += ["  </BrushLabels>", "</View>"]
         return "\n".join(lines)
+
+
+def brush_tags(xml: str) -> tuple[str, str, str, list[str]]:
+    """(BrushLabels name, its Image name, the Image's task data key, the labels) of a labeling config.
+
+    Takes the first `BrushLabels` whose `toName` is an `Image`; raises LabelConfigError
+    naming what is missing when the config has none.
+    """
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as e:
+        raise LabelConfigError(f"labeling config is not valid XML: {e}") from None
+    images = {el.get("name"): el.get("value", "") for el in root.iter() if el.tag.lower() == "image"}
+    if not images:
+        raise LabelConfigError("labeling config has no <Image> tag: CLASP proposes regions on images only")
+    for el in root.iter():
+        if el.tag.lower() == "brushlabels":
+            to = el.get("toName", "")
+            if to in images:
+                labels = [lab.get("value") for lab in el.iter() if lab.tag.lower() == "label" and lab.get("value")]
+                if not labels:
+                    raise LabelConfigError(f"<BrushLabels name={el.get('name')!r}> has no <Label> values")
+                return el.get("name", ""), to, images[to].lstrip("$"), labels
+    raise LabelConfigError(
+        "labeling config has no <BrushLabels toName=...> over an <Image>: CLASP proposes brush regions "
+        "(add e.g. <BrushLabels name=\"tag\" toName=\"image\"><Label value=\"region\"/></BrushLabels>)"
+    )
 
 
 def labels_in_config(xml: str, from_name: str) -> set[str]:

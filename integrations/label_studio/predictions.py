@@ -1,11 +1,15 @@
 """Segmentations -> Label Studio pre-annotations (one brush region per segment).
 
-Each region carries the neutral label (`region` by default) so the reviewer only
-has to pick a label (or delete, merge, redraw). Very small segments are merged
+Each region carries a neutral proposal label (`region-1` .. `region-6`, one colour
+each), chosen by greedy colouring of the region adjacency graph so that touching
+regions are drawn in different colours; the reviewer only has to pick a moderation
+label (or delete, merge, redraw). Very small segments are merged
 into their neighbour with the longest shared border, or dropped; the number of
 regions per task is capped the same way (the editor gets slow with many brush
 regions). The prediction has `model_version` (engine version, backbone, config
-hash) and a score; every region has its own score (the segment's confidence).
+hash); with the engine's per-segment confidences, every region carries its own score
+(the area-weighted confidence of its segments) and the prediction their mean; without
+them no score is sent (a constant 1.00 would tell the reviewer nothing).
 """
 
 from __future__ import annotations
@@ -88,8 +92,8 @@ class BuiltPrediction:
     height: int = 0
 
     @property
-    def score(self) -> float:
-        return self.prediction["score"]
+    def score(self) -> float | None:
+        return self.prediction.get("score")
 
 
 def _adjacency(labels: np.ndarray, k: int) -> np.ndarray:
@@ -156,6 +160,86 @@ def plan_regions(labels: np.ndarray, policy: RegionPolicy) -> tuple[np.ndarray, 
     return group, sorted(dropped), merged
 
 
+def colour_regions(label_map: np.ndarray, values: list[int], n_colours: int) -> dict[int, int]:
+    """A colour index (0..n_colours-1) for every region value, touching regions (4-connectivity) apart.
+
+    Greedy colouring in smallest-last order (repeatedly set aside a region of least
+    remaining degree, colour in reverse): a planar adjacency graph has a region of
+    degree <= 5, so 6 colours always suffice for regions that are connected. When no
+    colour is free (disconnected regions can make the graph non-planar), the colour
+    sharing the shortest border with already coloured neighbours is taken. Ties go to
+    the least used colour, so colours spread over the image.
+    """
+    values = [int(v) for v in values]
+    if not values:
+        return {}
+    if n_colours < 1:
+        raise ValueError("n_colours must be >= 1")
+    index = {v: i for i, v in enumerate(values)}
+    k = int(max(values)) + 1
+    lut = np.full(max(k, int(label_map.max()) + 1 if label_map.size else 1), -1, dtype=np.int64)
+    for v, i in index.items():
+        lut[v] = i
+    border = _adjacency(np.where(lut[label_map] >= 0, lut[label_map], len(values)), len(values) + 1)[:-1, :-1]
+    np.fill_diagonal(border, 0)
+    n = len(values)
+    degree = (border > 0).sum(1)
+    removed = np.zeros(n, bool)
+    order: list[int] = []
+    for _ in range(n):
+        live = np.flatnonzero(~removed)
+        i = int(live[np.argmin(degree[live])])
+        order.append(i)
+        removed[i] = True
+        degree -= border[i] > 0
+    colour = np.full(n, -1, dtype=np.int64)
+    used = np.zeros(n_colours, dtype=np.int64)
+    for i in reversed(order):
+        conflict = np.zeros(n_colours, dtype=np.int64)
+        nb = np.flatnonzero((border[i] > 0) & (colour >= 0))
+        np.add.at(conflict, colour[nb], border[i, nb])
+        free = np.flatnonzero(conflict == 0)
+        pool = free if free.size else np.flatnonzero(conflict == conflict.min())
+        c = int(pool[np.argmin(used[pool])])
+        colour[i] = c
+        used[c] += 1
+    return {v: int(colour[index[v]]) for v in values}
+
+
+GRANULARITIES = ("coarser", "finer")
+
+
+def granularity_alternatives(segmentation) -> dict[str, tuple[int, np.ndarray]]:
+    """The coarser and finer partitions the K search also computed: name -> (K, label map at full size).
+
+    `coarser` is the largest searched K below the chosen one, `finer` the smallest above
+    (either may be missing, e.g. with a fixed K). The alternatives are patch-level
+    clusterings upsampled to the image (no CRF), so their borders are blockier than the
+    chosen partition's.
+    """
+    from clasp_engine.refine import upsample_labels
+
+    k = segmentation.k
+    alts = getattr(segmentation, "alternatives", None) or {}
+    h, w = segmentation.labels.shape
+    out: dict[str, tuple[int, np.ndarray]] = {}
+    lower = [c for c in alts if c < k]
+    upper = [c for c in alts if c > k]
+    for name, pick in (("coarser", max(lower) if lower else None), ("finer", min(upper) if upper else None)):
+        if pick is None:
+            continue
+        full = upsample_labels(np.asarray(alts[pick]), h, w)
+        compact = np.unique(full, return_inverse=True)[1].reshape(h, w).astype(np.int32)
+        out[name] = (int(compact.max()) + 1, compact)
+    return out
+
+
+def alternative_model_version(base: str, name: str, k: int) -> str:
+    """`<model version>/<coarser|finer>-k<K>`, within the 100-character column."""
+    suffix = f"/{name}-k{k}"
+    return base[: MODEL_VERSION_MAX - len(suffix)] + suffix
+
+
 def region_masks(labels: np.ndarray, regions: list[Region]) -> list[np.ndarray]:
     return [np.isin(labels, r.labels) for r in regions]
 
@@ -177,8 +261,7 @@ def build_prediction(
     """
     config = config or LabelingConfig()
     policy = policy or RegionPolicy()
-    label = label or config.neutral_label
-    if label not in config.taxonomy:
+    if label is not None and label not in config.taxonomy:
         from integrations.label_studio.config import LabelConfigError
 
         raise LabelConfigError(f"label {label!r} is not in the taxonomy {config.labels}")
@@ -188,6 +271,7 @@ def build_prediction(
     if labels.size and labels.min() < 0:
         raise ValueError("labels must be >= 0")
     h, w = labels.shape
+    scored = bool(confidences)
     confidences = confidences or {}
     group, dropped, merged = plan_regions(labels, policy)
     k = group.size
@@ -198,6 +282,12 @@ def build_prediction(
     result: list[dict[str, Any]] = []
     wanted = sorted({int(x) for x in group if x >= 0})
     codes = label_map_rles(grouped, wanted) if encoder is None else None
+    if label is None and config.palette:
+        names = config.proposal_labels
+        colours = colour_regions(grouped, wanted, len(names))
+        label_of = {g: names[c] for g, c in colours.items()}
+    else:
+        label_of = {g: label or config.neutral_label for g in wanted}
     for g in wanted:
         members = tuple(int(i) for i in np.flatnonzero(group == g) if area[i] > 0)
         a = int(sum(area[i] for i in members))
@@ -206,21 +296,23 @@ def build_prediction(
         score = float(sum(area[i] * float(confidences.get(i, 1.0)) for i in members) / a)
         rid = f"clasp-{g}"
         regions.append(Region(rid, members, a, score))
-        result.append(
-            {
-                "id": rid,
-                "from_name": config.from_name,
-                "to_name": config.to_name,
-                "type": "brushlabels",
-                "original_width": int(w),
-                "original_height": int(h),
-                "image_rotation": 0,
-                "score": round(score, 6),
-                "value": {"format": "rle", "rle": codes[g] if codes is not None else encoder(grouped == g),
-                          "brushlabels": [label]},
-            }
-        )
+        region = {
+            "id": rid,
+            "from_name": config.from_name,
+            "to_name": config.to_name,
+            "type": "brushlabels",
+            "original_width": int(w),
+            "original_height": int(h),
+            "image_rotation": 0,
+            "value": {"format": "rle", "rle": codes[g] if codes is not None else encoder(grouped == g),
+                      "brushlabels": [label_of[g]]},
+        }
+        if scored:
+            region["score"] = round(score, 6)
+        result.append(region)
     total = sum(r.area for r in regions)
     task_score = float(sum(r.area * r.score for r in regions) / total) if total else 0.0
-    prediction = {"model_version": model_version, "score": round(task_score, 6), "result": result}
+    prediction = {"model_version": model_version, "result": result}
+    if scored:
+        prediction["score"] = round(task_score, 6)
     return BuiltPrediction(prediction, regions, dropped, merged, int(w), int(h))

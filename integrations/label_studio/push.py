@@ -7,9 +7,10 @@ through `integrations.db.reviews.push_for_review`, which adds the SQL glue):
 - idempotent: every task carries `clasp_key = "<image id>@<model version>"`; keys
   already in the project are not sent again (and are reported, so a lost DB record
   can be restored);
-- when Label Studio is down or answers 5xx, the batch is retried with backoff after
-  reconciling with the server (a batch that did land is not sent twice); after the
-  last try the push stops, the rest stays unsent (`PushResult.unsent`, `.error`) and
+- one retry layer: every call is retried by the client with the push's
+  `RetryPolicy(retries, backoff)`, never inside another loop; the import, which is not
+  idempotent, is retried only here, after reconciling with the server by key (a batch
+  that did land is not sent twice); after the last try the push stops, the rest stays unsent (`PushResult.unsent`, `.error`) and
   nothing is half-sent without a record: `on_batch` is called after every batch that
   landed, before the next one is sent.
 """
@@ -17,7 +18,6 @@ through `integrations.db.reviews.push_for_review`, which adds the SQL glue):
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -25,10 +25,10 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from integrations.label_studio.client import LabelStudioClient, LabelStudioUnavailable, Project
+from integrations.label_studio.client import LabelStudioClient, LabelStudioUnavailable, Project, RetryPolicy
 from integrations.label_studio.config import LabelingConfig, validate_labels
 from integrations.label_studio.images import ImageModeError, ImageResolver
-from integrations.label_studio.predictions import RegionPolicy, build_prediction
+from integrations.label_studio.predictions import RegionPolicy, alternative_model_version, build_prediction
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ class PushItem:
     model_version: str
     confidences: dict[int, float] = field(default_factory=dict)
     segmentation_id: int | None = None
+    # granularity option: name ("coarser"/"finer") -> (K, label map); pushed as extra
+    # predictions with their own model_version (`predictions.granularity_alternatives`)
+    alternatives: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -115,9 +118,9 @@ class PushResult:
         return d
 
 
-def _existing_keys(client: LabelStudioClient, project_id: int) -> dict[str, int]:
+def _existing_keys(client: LabelStudioClient, project_id: int, retry: bool | RetryPolicy = True) -> dict[str, int]:
     out: dict[str, int] = {}
-    for t in client.tasks(project_id, include="id,data"):
+    for t in client.tasks(project_id, include="id,data", retry=retry):
         key = (t.get("data") or {}).get(KEY_FIELD)
         if key and key not in out:
             out[key] = int(t["id"])
@@ -145,10 +148,11 @@ def push_segmentations(
     result = PushResult(project.id, project.title)
     t0 = time.perf_counter()
     log.info("Label Studio push to project %d (%s): %s", project.id, project.title, resolver.describe())
-    validate_labels([labeling.neutral_label], project.label_config, labeling.from_name)
+    validate_labels(labeling.proposal_labels or [labeling.neutral_label], project.label_config, labeling.from_name)
 
+    retry = RetryPolicy(retries, backoff, max_backoff=30.0)
     try:
-        existing = _with_backoff(lambda: _existing_keys(client, project.id), retries, backoff)
+        existing = _existing_keys(client, project.id, retry)
     except LabelStudioUnavailable as e:
         result.error = str(e)
         result.unsent = [it.image_id for it in items]
@@ -190,7 +194,7 @@ def push_segmentations(
             )
             if img.storage_dir is not None and str(img.storage_dir) not in storages_done:
                 try:
-                    _with_backoff(lambda: client.ensure_local_storage(project.id, str(img.storage_dir)), retries, backoff)
+                    client.ensure_local_storage(project.id, str(img.storage_dir), retry)
                 except LabelStudioUnavailable as e:
                     result.error = str(e)
                     break
@@ -205,7 +209,11 @@ def push_segmentations(
                         "clasp_model_version": it.model_version,
                         "clasp_image_mode": img.mode,
                     },
-                    "predictions": [built.prediction],
+                    "predictions": [built.prediction] + [
+                        build_prediction(alt, None, model_version=alternative_model_version(it.model_version, name, k),
+                                         config=labeling, policy=policy).prediction
+                        for name, (k, alt) in sorted(it.alternatives.items())
+                    ],
                 }
             )
             metas.append((it, len(built.regions), built.score, img.mode))
@@ -214,12 +222,13 @@ def push_segmentations(
             break
         if not tasks:
             continue
-        task_ids = _import_with_reconcile(client, project.id, tasks, result, retries=retries, backoff=backoff)
+        task_ids = _import_with_reconcile(client, project.id, tasks, result, retry)
         if task_ids is None:  # gave up: this batch and the rest wait for the next run
             result.unsent.extend(it.image_id for it in todo[start:] if it.image_id not in result.failed)
             break
         records = [
-            PushRecord(it.image_id, it.segmentation_id, it.model_version, project.id, tid, None, n, round(score, 6), mode)
+            PushRecord(it.image_id, it.segmentation_id, it.model_version, project.id, tid, None, n,
+                       None if score is None else round(score, 6), mode)
             for (it, n, score, mode), tid in zip(metas, task_ids)
         ]
         for (_, _, _, mode) in metas:
@@ -231,7 +240,7 @@ def push_segmentations(
     result.image_modes = dict(modes)
     if fetch_prediction_ids and (result.sent or result.existing) and result.error is None:
         try:
-            _fill_prediction_ids(client, project.id, result.sent + result.existing)
+            _fill_prediction_ids(client, project.id, result.sent + result.existing, retry)
             if on_batch:
                 on_batch(result.sent + result.existing)
         except LabelStudioUnavailable as e:  # ids can be filled by a later run; the tasks are recorded
@@ -241,59 +250,48 @@ def push_segmentations(
     return result
 
 
-def _with_backoff(fn: Callable[[], Any], retries: int, backoff: float) -> Any:
-    for attempt in range(retries + 1):
-        try:
-            return fn()
-        except LabelStudioUnavailable as e:
-            if attempt == retries:
-                raise
-            delay = min(30.0, backoff * 2**attempt) * (0.75 + 0.5 * random.random())
-            log.warning("Label Studio unavailable (%s); retry %d/%d in %.1fs", e, attempt + 1, retries, delay)
-            time.sleep(delay)
-
-
 def _import_with_reconcile(
-    client: LabelStudioClient, project_id: int, tasks: list[dict], result: PushResult, *, retries: int, backoff: float
+    client: LabelStudioClient, project_id: int, tasks: list[dict], result: PushResult, retry: RetryPolicy
 ) -> list[int] | None:
-    """Import `tasks`; on a transient failure, wait, drop the ones that landed anyway, retry."""
-    pending = tasks
+    """Import `tasks`; after a transient failure, wait, find by key what landed anyway, import the rest.
+
+    This loop is the import's only retry layer (the client does not retry imports): at most
+    `retry.retries + 1` attempts, each either an import or, after a failed one, the
+    reconcile read that must succeed before anything is sent again.
+    """
+    keys = [t["data"][KEY_FIELD] for t in tasks]
     landed: dict[str, int] = {}
-    for attempt in range(retries + 1):
+    uncertain = False  # an import failed: what landed is unknown until the keys are read
+    for attempt in range(retry.retries + 1):
+        if attempt:
+            delay = retry.delay(attempt - 1)
+            log.warning("Label Studio import failed (%s); retry %d/%d in %.1fs", result.error, attempt, retry.retries, delay)
+            time.sleep(delay)
         try:
-            result.import_requests += 1
-            ids = client.import_tasks(project_id, pending)
-            for t, tid in zip(pending, ids):
-                landed[t["data"][KEY_FIELD]] = tid
+            if uncertain:
+                existing = _existing_keys(client, project_id, retry=False)
+                landed.update({k: existing[k] for k in keys if k in existing})
+                uncertain = False
+            pending = [t for t in tasks if t["data"][KEY_FIELD] not in landed]
+            if pending:
+                result.import_requests += 1
+                uncertain = True
+                ids = client.import_tasks(project_id, pending)
+                uncertain = False
+                landed.update({t["data"][KEY_FIELD]: tid for t, tid in zip(pending, ids)})
             result.error = None
-            return [landed[t["data"][KEY_FIELD]] for t in tasks]
+            return [landed[k] for k in keys]
         except LabelStudioUnavailable as e:
             result.error = str(e)
-            if attempt == retries:
-                log.error("Label Studio import gave up after %d tries: %s", retries + 1, e)
-                # what did land (if anything) is found by key on the next run
-                return None
-            delay = min(30.0, backoff * 2**attempt) * (0.75 + 0.5 * random.random())
-            log.warning("Label Studio import failed (%s); retry %d/%d in %.1fs", e, attempt + 1, retries, delay)
-            time.sleep(delay)
-            try:
-                existing = _existing_keys(client, project_id)
-            except LabelStudioUnavailable:
-                continue  # still down: keep the whole batch pending
-            for t in tasks:
-                k = t["data"][KEY_FIELD]
-                if k in existing:
-                    landed[k] = existing[k]
-            pending = [t for t in tasks if t["data"][KEY_FIELD] not in landed]
-            if not pending:
-                result.error = None
-                return [landed[t["data"][KEY_FIELD]] for t in tasks]
-    return None
+    log.error("Label Studio import gave up after %d tries: %s", retry.retries + 1, result.error)
+    return None  # what did land (if anything) is found by key on the next run
 
 
-def _fill_prediction_ids(client: LabelStudioClient, project_id: int, records: list[PushRecord]) -> None:
+def _fill_prediction_ids(
+    client: LabelStudioClient, project_id: int, records: list[PushRecord], retry: bool | RetryPolicy = True
+) -> None:
     by_task: dict[tuple[int, str], int] = {}
-    for p in client.predictions(project_id):
+    for p in client.predictions(project_id, retry):
         k = (int(p.get("task")), str(p.get("model_version")))
         by_task.setdefault(k, int(p["id"]))
     for r in records:

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from integrations.label_studio.config import is_proposal_label
 from integrations.label_studio.rle import decode_mask
 
 DEFAULT_MATCH_IOU = 0.5
@@ -81,7 +82,7 @@ def survival(
             fate, i_best = "deleted", None
             deleted += 1
         final_labels = list(final[i_best].labels) if i_best is not None else []
-        if i_best is not None and final_labels and set(final_labels) != {neutral_label}:
+        if i_best is not None and final_labels and not all(is_proposal_label(lab, neutral_label) for lab in final_labels):
             relabelled += 1
         per_proposal.append(
             {
@@ -95,6 +96,7 @@ def survival(
     label_counts: dict[str, int] = {}
     for f in final:
         for lab in f.labels:
+            lab = neutral_label if is_proposal_label(lab, neutral_label) else lab  # region-3 counts as `region`
             label_counts[lab] = label_counts.get(lab, 0) + 1
     share = (lambda n: round(n / n_p, 6)) if n_p else (lambda n: 0.0)
     return {

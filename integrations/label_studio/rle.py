@@ -4,8 +4,14 @@
 bit string built token by token). `mask_rle` is a vectorised encoder whose output
 is byte-identical to the SDK's — including its quirks: every pixel repeated 4 times
 (RGBA), runs longer than 65536 split, and a full zero byte of padding when the bit
-count is already a multiple of 8. `tests/test_label_studio_rle.py` proves it.
-`decode_mask` is a vectorised decoder (the SDK's decode builds a Python bit string).
+count is already a multiple of 8. `tests/test_label_studio_units.py` proves it.
+`decode_mask` is a faster decoder than the SDK's.
+
+Why our own code and not the SDK's helpers: measured faster in every case
+(`benchmarks/bench_rle.py`, loaded 2-core machine, best of 2): all 10 regions of a
+480x640 label map: SDK `mask2rle` 108 ms, `label_map_rles` 1.5 ms; 1000x1000: 285 ms vs
+2.0 ms; worst-case noise: 2183 ms vs 217 ms. Decoding one region: SDK 17 ms, ours 0.7 ms;
+noise: 7071 ms vs 831 ms. The output bytes are identical (checked by the benchmark and tests).
 """
 
 from __future__ import annotations
@@ -139,12 +145,14 @@ def label_map_rles(label_map: np.ndarray, values) -> dict[int, list[int]]:
 def decode_rle(rle) -> np.ndarray:
     """Decode Label Studio RLE -> flat uint8 array, like the SDK's `decode_rle`.
 
-    Works on one Python int holding all bits and loops once per token (run), not
-    once per bit as the SDK's string-based decoder does.
+    Slices one bit string per field and loops once per token (run), not once per bit
+    as the SDK's decoder does (benchmarks/bench_rle.py: ~40x faster on region masks).
     """
     data = bytes(bytearray(rle))
     total = len(data) * 8
-    big = int.from_bytes(data, "big")
+    # one '0'/'1' string of all bits, sliced per field: shifting one big int per field
+    # (the first version) is quadratic and lost to the SDK on noise masks (bench_rle.py)
+    bits = bin(int.from_bytes(data, "big") | (1 << total))[3:] if data else ""
     pos = 0
 
     def rd(n: int) -> int:
@@ -152,7 +160,7 @@ def decode_rle(rle) -> np.ndarray:
         if pos + n > total:
             raise ValueError("truncated RLE")
         pos += n
-        return (big >> (total - pos)) & ((1 << n) - 1)
+        return int(bits[pos - n : pos], 2)
 
     num = rd(32)
     word = rd(5) + 1

@@ -200,6 +200,10 @@ class LocalLabelStudio:
             FRONTEND_SENTRY_DSN="",
             COLLECT_ANALYTICS="false",
             LATEST_VERSION_CHECK="false",
+            # let Label Studio call an ML backend on loopback (`clasp label-studio backend`):
+            # 1.23 refuses reserved addresses with 403 unless both are off; the server binds 127.0.0.1 only
+            ML_BLOCK_LOCAL_IP="false",
+            SSRF_PROTECTION_ENABLED="false",
             PATH=f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
         )
         if self.document_root:
