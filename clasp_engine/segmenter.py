@@ -15,19 +15,20 @@ import numpy as np
 import torch
 
 from clasp_engine import __version__
-from clasp_engine.cluster import Clustering, spectral_embedding, spectral_kmeans
+from clasp_engine.cluster import Clustering
 from clasp_engine.config import SegmenterConfig
-from clasp_engine.graph import affinity, leading_eigenpairs
+from clasp_engine.graph import Spectrum, affinity_batch, leading_eigenpairs_batch
 from clasp_engine.refine import crf_labels, upsample_labels
 from clasp_engine.result import Diagnostics, Segment, Segmentation
-from clasp_engine.select_k import select_k
+from clasp_engine.select_k import KSelection, select_k_batch
 
 STAGES = ("load", "resize", "backbone", "affinity", "eigensolver", "k_search", "clustering", "crf", "upsample",
           "total")
 RANDOM_WEIGHTS_WARNING = "random weights: speed measurement only"
 CLASSIC_FALLBACK_WARNING = "classic fallback: no ViT weights found, using the weight-free classic features"
-# Images of one size go through the backbone together, at most this many at once
-# (bounds activation memory for ViT-S/8 at large sizes).
+# Images of one size go through the engine together, at most this many at once
+# (bounds activation memory for ViT-S/8 at large sizes; a chunk that still runs
+# out of device memory is split in halves and retried).
 MAX_BATCH = 8
 
 
@@ -41,9 +42,16 @@ class Segmenter:
     backbone : Backbone, optional
         A ready feature extractor (see ``clasp_engine.backbones.base.Backbone``);
         by default one is created from the config, once, here.
+    max_batch : int, optional
+        Most images of one size that go through the stages together (default
+        ``MAX_BATCH``); a chunk that runs out of device memory is split anyway.
     """
 
-    def __init__(self, config: SegmenterConfig | None = None, backbone: Any | None = None):
+    def __init__(self, config: SegmenterConfig | None = None, backbone: Any | None = None, *,
+                 max_batch: int = MAX_BATCH):
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch}: need at least 1 image per batch")
+        self.max_batch = max_batch
         self.config = config if config is not None else SegmenterConfig()
         if backbone is None:
             from clasp_engine.backbones import create_backbone, resolve_device
@@ -66,38 +74,68 @@ class Segmenter:
         """Segment one image: a path, encoded bytes, a PIL image or an (H, W, 3) array."""
         return self.segment_batch([image])[0]
 
-    def segment_batch(self, images: list[Any]) -> list[Segmentation]:
-        """Segment several images; those of equal working size share backbone passes."""
+    def segment_batch(self, images: list[Any], *, errors: str = "raise") -> list[Any]:
+        """Segment several images; those of one working size go through every stage together.
+
+        Images are grouped by working size (here, and only here) and cut into
+        chunks of at most ``max_batch``; each chunk runs the backbone, the
+        affinity, the eigensolver and the K search as batched tensor operations
+        on the configured device. Every image's result depends on that image
+        and the config only, never on the batch it came in.
+
+        Parameters
+        ----------
+        images : paths, encoded bytes, PIL images or (H, W, 3) arrays.
+        errors : {"raise", "return"}
+            An image that cannot be decoded or segmented fails alone: with
+            "return" its place in the result holds the exception (a
+            ``ClaspError`` for bad input); with "raise" the first such
+            exception is raised after the whole batch has run.
+
+        Returns
+        -------
+        list of Segmentation (or exceptions, with ``errors="return"``), in input order.
+        """
         from clasp_engine.images import load_image, resize_to_grid
 
-        prepared = []
-        for source in images:
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors={errors!r}: choose 'raise' or 'return'")
+        results: list[Any] = [None] * len(images)
+        prepared: dict[int, tuple[np.ndarray, np.ndarray, dict[str, float]]] = {}
+        for i, source in enumerate(images):
             timings = dict.fromkeys(STAGES, 0.0)
-            t0 = time.perf_counter()
-            original = load_image(source)
-            t1 = time.perf_counter()
-            work = resize_to_grid(original, self.config.max_side, self.backbone.patch_size)
-            t2 = time.perf_counter()
+            try:
+                t0 = time.perf_counter()
+                original = load_image(source)
+                t1 = time.perf_counter()
+                work = resize_to_grid(original, self.config.max_side, self.backbone.patch_size)
+                t2 = time.perf_counter()
+            except Exception as exc:  # noqa: BLE001 - one bad image must not sink the batch
+                results[i] = exc
+                continue
             timings["load"], timings["resize"] = t1 - t0, t2 - t1
-            prepared.append((original, work, timings))
+            prepared[i] = (original, work, timings)
 
         groups: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
-        for i, (_, work, _) in enumerate(prepared):
+        for i, (_, work, _) in prepared.items():
             groups.setdefault(work.shape[:2], []).append(i)
-        features: list[torch.Tensor | None] = [None] * len(prepared)
         for indices in groups.values():
-            for start in range(0, len(indices), MAX_BATCH):
-                chunk = indices[start:start + MAX_BATCH]
-                t0 = time.perf_counter()
-                out = self.backbone.patch_features([prepared[i][1] for i in chunk])
-                self._sync()
-                share = (time.perf_counter() - t0) / len(chunk)
-                for i, f in zip(chunk, out):
-                    features[i] = f
-                    prepared[i][2]["backbone"] = share
-
-        return [self._segment_features(orig, work, feats, timings)
-                for (orig, work, timings), feats in zip(prepared, features)]
+            for start in range(0, len(indices), self.max_batch):
+                chunk = indices[start:start + self.max_batch]
+                try:
+                    done = self._segment_chunk([prepared[i] for i in chunk])
+                except Exception as exc:  # noqa: BLE001 - isolate the image that broke the chunk
+                    if len(chunk) == 1:
+                        done = [exc]
+                    else:
+                        done = [self._segment_one_isolated(prepared[i]) for i in chunk]
+                for i, r in zip(chunk, done):
+                    results[i] = r
+        if errors == "raise":
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+        return results
 
     # ------------------------------------------------------------------ stages
 
@@ -106,36 +144,79 @@ class Segmenter:
         if self.backbone.device.type == "cuda":
             torch.cuda.synchronize(self.backbone.device)
 
-    def _segment_features(self, original: np.ndarray, work: np.ndarray, feats: torch.Tensor,
-                          timings: dict[str, float]) -> Segmentation:
+    def _segment_one_isolated(self, item: tuple[np.ndarray, np.ndarray, dict[str, float]]) -> Any:
+        try:
+            return self._segment_chunk([item])[0]
+        except Exception as exc:  # noqa: BLE001
+            return exc
+
+    def _features(self, works: list[np.ndarray]) -> torch.Tensor:
+        """Patch features (B, rows, cols, D) for same-size images; split in halves on out-of-memory."""
+        try:
+            return self._backbone_batch(works)
+        except torch.OutOfMemoryError:
+            if len(works) == 1:
+                raise
+            if self.backbone.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(works) // 2
+            return torch.cat([self._features(works[:half]), self._features(works[half:])])
+
+    def _backbone_batch(self, works: list[np.ndarray]) -> torch.Tensor:
+        # Assumed backbone interface (issue 9: batching by size happens here only):
+        # ``features(batch)`` takes one (B, H, W, 3) uint8 array of equal-size
+        # images and returns (B, rows, cols, D) on the backbone's device.
+        # Backbones that only have the older ``patch_features(list)`` still work.
+        if hasattr(self.backbone, "features"):
+            return self.backbone.features(np.stack(works))
+        return torch.stack(list(self.backbone.patch_features(works)))
+
+    def _segment_chunk(self, items: list[tuple[np.ndarray, np.ndarray, dict[str, float]]]) -> list[Any]:
+        """Every stage for images of one working size; returns Segmentations (or per-image exceptions)."""
         cfg = self.config
-        rows, cols = int(feats.shape[0]), int(feats.shape[1])
-        n = rows * cols
-        height, width = original.shape[:2]
+        count = len(items)
+
+        def share(stage: str, since: float) -> None:
+            self._sync()
+            for _, _, timings in items:
+                timings[stage] = (time.perf_counter() - since) / count
 
         t = time.perf_counter()
-        W = affinity(feats)
-        self._sync()
-        timings["affinity"] = time.perf_counter() - t
+        feats = self._features([work for _, work, _ in items])
+        share("backbone", t)
+        rows, cols = int(feats.shape[1]), int(feats.shape[2])
+        n = rows * cols
+
+        t = time.perf_counter()
+        W = affinity_batch(feats)
+        share("affinity", t)
 
         t = time.perf_counter()
         m = min(max(cfg.n_eigen, cfg.k or 0), n)
-        spectrum = leading_eigenpairs(W, m, seed=cfg.seed)
-        self._sync()
-        timings["eigensolver"] = time.perf_counter() - t
+        spectra = leading_eigenpairs_batch(W, m, seed=cfg.seed)
+        del W
+        share("eigensolver", t)
 
         t = time.perf_counter()
-        selection = select_k(spectrum.eigenvalues, spectrum.eigenvectors, k=cfg.k, k_min=cfg.k_min,
-                             k_max=cfg.k_max, window=cfg.silhouette_window, seed=cfg.seed)
-        timings["k_search"] = time.perf_counter() - t
+        selections = select_k_batch([s.eigenvalues for s in spectra], [s.eigenvectors for s in spectra], k=cfg.k,
+                                    k_min=cfg.k_min, k_max=cfg.k_max, window=cfg.silhouette_window,
+                                    seeds=[cfg.seed] * count)
+        share("k_search", t)
 
-        t = time.perf_counter()
+        out: list[Any] = []
+        for (original, work, timings), spectrum, selection in zip(items, spectra, selections):
+            try:
+                out.append(self._finish(original, work, timings, rows, cols, spectrum, selection))
+            except Exception as exc:  # noqa: BLE001 - fails alone
+                out.append(exc)
+        return out
+
+    def _finish(self, original: np.ndarray, work: np.ndarray, timings: dict[str, float], rows: int, cols: int,
+                spectrum: Spectrum, selection: KSelection) -> Segmentation:
+        """CRF or upsampling, compact numbering, segments and diagnostics for one image."""
+        cfg = self.config
+        height, width = original.shape[:2]
         clustering = selection.clustering
-        if clustering is None:
-            k = max(1, min(selection.k, spectrum.eigenvectors.shape[1]))
-            clustering = spectral_kmeans(spectral_embedding(spectrum.eigenvectors, k), k, seed=cfg.seed)
-        timings["clustering"] = time.perf_counter() - t
-
         patch_labels = clustering.labels.reshape(rows, cols)
         probabilities = clustering.probabilities.reshape(rows, cols, clustering.k)
         if cfg.variant == "pixel" and clustering.k > 1:
