@@ -29,15 +29,16 @@ class Clustering:
         return int(self.centroids.shape[0])
 
 
-def spectral_embedding(eigenvectors: torch.Tensor | np.ndarray, k: int) -> np.ndarray:
-    """Row-normalised first ``k`` eigenvectors: (N, k) float32, rows of unit length."""
-    if isinstance(eigenvectors, torch.Tensor):
-        eigenvectors = eigenvectors.detach().cpu().numpy()
+def unit_row_eigenvectors(eigenvectors: torch.Tensor | np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` eigenvectors with every row scaled to unit length: (N, k) float32 (Ng-Jordan-Weiss).
+
+    Named for what it returns; it is not scikit-learn's ``spectral_embedding``.
+    """
+    if not isinstance(eigenvectors, torch.Tensor):
+        eigenvectors = torch.from_numpy(np.asarray(eigenvectors))
     if not 1 <= k <= eigenvectors.shape[1]:
         raise ValueError(f"k={k}: need 1 <= k <= {eigenvectors.shape[1]} (eigenvectors computed)")
-    u = np.asarray(eigenvectors[:, :k], dtype=np.float32)
-    norms = np.linalg.norm(u, axis=1, keepdims=True)
-    return np.ascontiguousarray(u / np.maximum(norms, 1e-12))
+    return np.ascontiguousarray(unit_row_eigenvectors_torch(eigenvectors.detach(), k).cpu().numpy())
 
 
 def spectral_kmeans(embedding: np.ndarray, k: int, *, seed: int = 0, n_init: int = N_INIT) -> Clustering:
@@ -131,8 +132,8 @@ class KMeansProblems:
     seeds: list[int]  # one per problem: its random numbers depend on it (and K) only
 
 
-def row_normalised(eigenvectors: torch.Tensor, k: int, width: int | None = None) -> torch.Tensor:
-    """Torch twin of :func:`spectral_embedding` for (..., N, m) eigenvectors, zero-padded to ``width`` columns."""
+def unit_row_eigenvectors_torch(eigenvectors: torch.Tensor, k: int, width: int | None = None) -> torch.Tensor:
+    """First ``k`` of (..., N, m) eigenvectors, rows scaled to unit length, zero-padded to ``width`` columns."""
     u = eigenvectors[..., :k].float()
     u = u / torch.linalg.vector_norm(u, dim=-1, keepdim=True).clamp_min(1e-12)
     if width is not None and width > k:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from clasp_engine.cluster import (Clustering, KMeansProblems, clustering_from_labels, kmeans_batch, row_normalised,
-                                  spectral_embedding, torch_threads_for)
+from clasp_engine.cluster import (Clustering, KMeansProblems, clustering_from_labels, kmeans_batch, torch_threads_for,
+                                  unit_row_eigenvectors, unit_row_eigenvectors_torch)
 
 # Above this many points the silhouette averages over a fixed-seed sample of
 # rows (distances still go to every point, so each sampled silhouette is exact
@@ -108,7 +108,7 @@ def scoring_embedding(eigenvectors: torch.Tensor | np.ndarray, eigenvalues: np.n
     if isinstance(eigenvectors, torch.Tensor):
         eigenvectors = eigenvectors.detach().cpu().numpy()
     lam = np.clip(np.asarray(eigenvalues[:dims], dtype=np.float32), 0.0, None)
-    return spectral_embedding(eigenvectors[:, :dims] * lam[None, :], dims)
+    return unit_row_eigenvectors(eigenvectors[:, :dims] * lam[None, :], dims)
 
 
 def silhouette_search(embedding: torch.Tensor | np.ndarray, candidates: list[int], seed: int = 0, *,
@@ -135,7 +135,7 @@ def silhouette_search(embedding: torch.Tensor | np.ndarray, candidates: list[int
     scores = silhouette_scores_batch(space, labels[0][None], max(candidates), seeds=[seed])[0]
     if clusterings is not None:
         for j, k in enumerate(candidates):
-            clusterings[k] = clustering_from_labels(spectral_embedding(vecs, k), labels[0][j].cpu().numpy(), k)
+            clusterings[k] = clustering_from_labels(unit_row_eigenvectors(vecs, k), labels[0][j].cpu().numpy(), k)
     return {k: float(scores[j]) for j, k in enumerate(candidates)}
 
 
@@ -159,7 +159,7 @@ def cluster_candidates(eigenvectors: list[torch.Tensor], candidates: list[list[i
     points, ks, problem_seeds = [], [], []
     for vecs, cands, seed in zip(eigenvectors, candidates, seeds):
         for k in cands:
-            points.append(row_normalised(vecs, k, width))
+            points.append(unit_row_eigenvectors_torch(vecs, k, width))
             ks.append(k)
             problem_seeds.append(seed)
     with torch_threads_for(points[0].device):
@@ -312,7 +312,7 @@ def select_k_batch(eigenvalues: list[np.ndarray], eigenvectors: list[torch.Tenso
             out.append(KSelection(k=k_out, rule=rule, elbow_k=elbow, eigengaps=gaps, elbow_distances=distances,
                                   clustering=clustering))
             continue
-        clusterings = [clustering_from_labels(spectral_embedding(vecs, c), labels[i][j].cpu().numpy(), c)
+        clusterings = [clustering_from_labels(unit_row_eigenvectors(vecs, c), labels[i][j].cpu().numpy(), c)
                        for j, c in enumerate(cands)]
         if rule == "fixed":
             out.append(KSelection(k=fixed_k, rule=rule, elbow_k=elbow, eigengaps=gaps, elbow_distances=distances,

@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from clasp_engine.cluster import spectral_embedding, spectral_kmeans
+from clasp_engine.cluster import spectral_kmeans, unit_row_eigenvectors
 
 
 def test_spectral_embedding_rows_unit_norm():
     v = torch.randn(50, 6)
-    e = spectral_embedding(v, 4)
+    e = unit_row_eigenvectors(v, 4)
     assert e.shape == (50, 4) and e.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
     with pytest.raises(ValueError):
-        spectral_embedding(v, 7)
+        unit_row_eigenvectors(v, 7)
 
 
 def test_labels_first_occurrence_no_empty_and_soft():
@@ -50,7 +50,7 @@ def test_k_one_and_validation():
 # ---------------------------------------------------------------- batched k-means against scikit-learn
 
 from clasp_engine.cluster import (KMeansProblems, kmeans_batch, kmeans_plus_plus_batch, lloyd_batch,  # noqa: E402
-                                  local_trials, problem_uniforms, row_normalised)
+                                  local_trials, problem_uniforms, unit_row_eigenvectors_torch)
 
 
 def _unit_rows(n: int, d: int, seed: int) -> np.ndarray:
@@ -86,11 +86,11 @@ def test_kmeans_plus_plus_is_greedy_d2_sampling():
 def test_kmeans_batch_mixed_k_padded_equals_alone():
     x = [torch.from_numpy(_unit_rows(200, 6, s)) for s in range(4)]
     ks = [2, 3, 5, 6]
-    padded = torch.stack([row_normalised(x[i], ks[i], 6) for i in range(4)])
+    padded = torch.stack([unit_row_eigenvectors_torch(x[i], ks[i], 6) for i in range(4)])
     together, _ = kmeans_batch(KMeansProblems(points=padded, ks=torch.tensor(ks), seeds=[0] * 4))
     for i in range(4):
-        alone, _ = kmeans_batch(KMeansProblems(points=row_normalised(x[i], ks[i])[None], ks=torch.tensor([ks[i]]),
-                                               seeds=[0]))
+        points = unit_row_eigenvectors_torch(x[i], ks[i])[None]
+        alone, _ = kmeans_batch(KMeansProblems(points=points, ks=torch.tensor([ks[i]]), seeds=[0]))
         assert torch.equal(alone[0], together[i])
         assert int(together[i].max()) < ks[i]
 
