@@ -147,20 +147,27 @@ def local_trials(k: int) -> int:
 
 
 def problem_uniforms(seed: int, k: int, n_init: int, kmax: int, trials: int) -> torch.Tensor:
-    """(n_init, kmax, trials) float64 uniforms for one problem, from its own generator (seed, K).
+    """(n_init, kmax, trials) float64 uniforms for one problem, drawn from its own generator.
 
-    Only the first K rows and :func:`local_trials` (K) columns are drawn; extra
+    The numbers are those ``KMeans(n_clusters=k, n_init=n_init,
+    random_state=seed)`` draws for its k-means++ seeding, in its order
+    (``numpy.random.RandomState(seed)``: per restart one for the first centre,
+    then :func:`local_trials` (K) for each further centre), so the same seed
+    picks the same starting centres as scikit-learn did before this batched
+    version replaced it. Row 0 holds the first centre's draw in column 0; extra
     columns repeat column 0 (a repeated candidate never wins the argmin over
-    the original), extra rows are unused.
+    the original), rows >= K are unused.
     """
-    state = np.random.SeedSequence([int(seed), int(k)]).generate_state(1, dtype=np.uint64)[0]
-    gen = torch.Generator(device="cpu").manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
     own = local_trials(k)
-    u = torch.rand(n_init, k, own, generator=gen, dtype=torch.float64)
-    out = torch.zeros(n_init, kmax, trials, dtype=torch.float64)
-    out[:, :k, :own] = u
-    out[:, :k, own:] = u[:, :, :1]
-    return out
+    stream = np.random.RandomState(int(seed))
+    out = np.zeros((n_init, kmax, trials), dtype=np.float64)
+    for r in range(n_init):
+        out[r, 0, :] = stream.random_sample()
+        if k > 1:
+            draws = stream.random_sample((k - 1) * own).reshape(k - 1, own)
+            out[r, 1:k, :own] = draws
+            out[r, 1:k, own:] = draws[:, :1]
+    return torch.from_numpy(out)
 
 
 def kmeans_plus_plus_batch(x: torch.Tensor, ks: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:

@@ -106,3 +106,16 @@ def test_kmeans_batch_best_restart_close_to_sklearn_inertia():
     ours = sum(((x[lab == j] - x[lab == j].mean(0)) ** 2).sum() for j in range(5))
     ref = KMeans(n_clusters=5, n_init=3, random_state=0).fit(x).inertia_
     assert ours <= ref * 1.01
+
+
+def test_kmeans_batch_draws_sklearns_seeding_stream():
+    # Same seed, same random stream as KMeans(random_state=seed): the same partitions as scikit-learn.
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    for seed in range(4):
+        x = _unit_rows(400, 6, seed)
+        for k in (2, 3, 5):
+            ours, _ = kmeans_batch(KMeansProblems(points=torch.from_numpy(x)[None], ks=torch.tensor([k]), seeds=[seed]))
+            ref = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(x).labels_
+            assert adjusted_rand_score(ours[0].numpy(), ref) > 0.999
