@@ -130,6 +130,9 @@ class KMeansProblems:
     points: torch.Tensor  # (P, N, d) float32
     ks: torch.Tensor  # (P,) int64, 1 <= k <= d
     seeds: list[int]  # one per problem: its random numbers depend on it (and K) only
+    # (P,) columns of each problem before zero padding (None: all d). The
+    # convergence threshold averages the feature variance over these only.
+    dims: torch.Tensor | None = None
 
 
 def unit_row_eigenvectors_torch(eigenvectors: torch.Tensor, k: int, width: int | None = None) -> torch.Tensor:
@@ -216,12 +219,14 @@ def _assign(x: torch.Tensor, centres: torch.Tensor, valid: torch.Tensor) -> tupl
     return labels, best.clamp_min(0)
 
 
-def lloyd_batch(x: torch.Tensor, centres: torch.Tensor, ks: torch.Tensor, *, max_iter: int = KMEANS_MAX_ITER,
-                tol: float = KMEANS_TOL) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def lloyd_batch(x: torch.Tensor, centres: torch.Tensor, ks: torch.Tensor, *, dims: torch.Tensor | None = None,
+                max_iter: int = KMEANS_MAX_ITER, tol: float = KMEANS_TOL
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lloyd iterations for P problems from the given centres.
 
     A problem stops (and is frozen) when its squared centre shift is at most
-    ``tol`` times the mean per-feature variance of its points (sklearn's rule);
+    ``tol`` times the mean per-feature variance of its points (sklearn's rule;
+    ``dims`` gives each problem's columns before zero padding);
     freezing per problem keeps each result independent of the others in the
     batch. A cluster left empty keeps its centre.
 
@@ -232,7 +237,8 @@ def lloyd_batch(x: torch.Tensor, centres: torch.Tensor, ks: torch.Tensor, *, max
     p, n, d = x.shape
     kmax = centres.shape[1]
     valid = torch.arange(kmax, device=x.device)[None, :] < ks[:, None]
-    threshold = tol * x.var(dim=1, unbiased=False).mean(-1)  # (P,)
+    used = torch.full((p,), d, device=x.device) if dims is None else dims.to(x.device)
+    threshold = tol * x.var(dim=1, unbiased=False).sum(-1) / used  # (P,): zero padding adds no variance
     centres = centres.clone()
     active = torch.ones(p, dtype=torch.bool, device=x.device)
     for _ in range(max_iter):
@@ -275,10 +281,30 @@ def kmeans_batch(problems: KMeansProblems, *, n_init: int = N_INIT) -> tuple[tor
     xr = x.repeat_interleave(n_init, dim=0)
     kr = ks.repeat_interleave(n_init)
     init = kmeans_plus_plus_batch(xr, kr, uniforms.reshape(p * n_init, kmax, trials))
-    labels, centres, inertia = lloyd_batch(xr, init, kr)
-    best = inertia.reshape(p, n_init).argmin(-1)  # ties: the first restart
-    pick = torch.arange(p, device=x.device) * n_init + best
-    return labels[pick], centres[pick]
+    dims = None if problems.dims is None else problems.dims.to(x.device).repeat_interleave(n_init)
+    labels, centres, inertia = lloyd_batch(xr, init, kr, dims=dims)
+    # sklearn's rule: a later restart replaces the best so far only if its inertia
+    # is lower AND its partition differs (the same partition reached twice can
+    # differ in inertia by round-off only, and must not swap the label order).
+    labels, centres, inertia = (t.reshape(p, n_init, *t.shape[1:]) for t in (labels, centres, inertia))
+    canonical = first_occurrence_labels(labels.reshape(p * n_init, n)).reshape(p, n_init, n)
+    rows = torch.arange(p, device=x.device)
+    best = torch.zeros(p, dtype=torch.long, device=x.device)
+    for r in range(1, n_init):
+        better = (inertia[:, r] < inertia[rows, best]) & (canonical[:, r] != canonical[rows, best]).any(-1)
+        best = torch.where(better, torch.full_like(best, r), best)
+    return labels[rows, best], centres[rows, best]
+
+
+def first_occurrence_labels(labels: torch.Tensor) -> torch.Tensor:
+    """(P, N) labels renumbered 0, 1, ... in order of first appearance along each row."""
+    p, n = labels.shape
+    kmax = int(labels.max()) + 1 if labels.numel() else 1
+    positions = torch.arange(n, device=labels.device).expand(p, n)
+    first = torch.full((p, kmax), n, dtype=torch.long, device=labels.device)
+    first.scatter_reduce_(1, labels, positions, reduce="amin")
+    rank = first.argsort(dim=1).argsort(dim=1)  # label -> its order of first appearance
+    return rank.gather(1, labels)
 
 
 def clustering_from_labels(embedding: np.ndarray, labels: np.ndarray, k: int) -> Clustering:

@@ -164,7 +164,7 @@ def cluster_candidates(eigenvectors: list[torch.Tensor], candidates: list[list[i
             problem_seeds.append(seed)
     with torch_threads_for(points[0].device):
         labels, _ = kmeans_batch(KMeansProblems(points=torch.stack(points), ks=torch.tensor(ks),
-                                                seeds=problem_seeds))
+                                                seeds=problem_seeds, dims=torch.tensor(ks)))
     out, start = [], 0
     for cands in candidates:
         out.append(labels[start:start + len(cands)])

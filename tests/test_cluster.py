@@ -87,7 +87,7 @@ def test_kmeans_batch_mixed_k_padded_equals_alone():
     x = [torch.from_numpy(_unit_rows(200, 6, s)) for s in range(4)]
     ks = [2, 3, 5, 6]
     padded = torch.stack([unit_row_eigenvectors_torch(x[i], ks[i], 6) for i in range(4)])
-    together, _ = kmeans_batch(KMeansProblems(points=padded, ks=torch.tensor(ks), seeds=[0] * 4))
+    together, _ = kmeans_batch(KMeansProblems(points=padded, ks=torch.tensor(ks), seeds=[0] * 4, dims=torch.tensor(ks)))
     for i in range(4):
         points = unit_row_eigenvectors_torch(x[i], ks[i])[None]
         alone, _ = kmeans_batch(KMeansProblems(points=points, ks=torch.tensor([ks[i]]), seeds=[0]))
