@@ -7,6 +7,8 @@ how K was chosen and how long every stage took.
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from collections import OrderedDict
 from typing import Any
@@ -32,6 +34,18 @@ CLASSIC_FALLBACK_WARNING = "classic fallback: no ViT weights found, using the we
 MAX_BATCH = 8
 
 
+def crf_workers_for_machine(device: str | torch.device) -> int:
+    """CRF pool size for this machine: one process per core beside the engine's, on CUDA only.
+
+    On CPU the CRF competes with the engine's own stages for the same cores,
+    so the pool only adds its per-task cost (measured on the 2-core machine,
+    see benchmarks/bench_batched.py --crf-pool): 0 there, in-process.
+    """
+    if torch.device(device).type != "cuda":
+        return 0
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 class Segmenter:
     """Training-free region proposals for one configuration.
 
@@ -45,13 +59,29 @@ class Segmenter:
     max_batch : int, optional
         Most images of one size that go through the stages together (default
         ``MAX_BATCH``); a chunk that runs out of device memory is split anyway.
+    crf_workers : int, optional
+        Pixel variant: run the DenseCRFs in a pool of this many processes, fed
+        while the next chunk goes through the device stages (a GPU worker:
+        ``crf_workers_for_machine()``). 0 (default): in this process. On this
+        project's 2-core CPU machine the pool does not pay; see
+        :func:`crf_workers_for_machine`.
     """
 
     def __init__(self, config: SegmenterConfig | None = None, backbone: Any | None = None, *,
-                 max_batch: int = MAX_BATCH):
+                 max_batch: int = MAX_BATCH, crf_workers: int = 0):
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch}: need at least 1 image per batch")
+        if crf_workers < 0:
+            raise ValueError(f"crf_workers={crf_workers}: 0 (in-process) or a number of processes")
         self.max_batch = max_batch
+        self._crf_pool = None
+        if crf_workers:
+            import concurrent.futures
+            import multiprocessing
+
+            # spawn: the workers must not inherit torch's threads or a CUDA context.
+            self._crf_pool = concurrent.futures.ProcessPoolExecutor(
+                crf_workers, mp_context=multiprocessing.get_context("spawn"))
         self.config = config if config is not None else SegmenterConfig()
         if backbone is None:
             from clasp_engine.backbones import create_backbone, resolve_device
@@ -116,6 +146,7 @@ class Segmenter:
             timings["load"], timings["resize"] = t1 - t0, t2 - t1
             prepared[i] = (original, work, timings)
 
+        pending: list[tuple[list[int], list[Any]]] = []
         groups: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
         for i, (_, work, _) in prepared.items():
             groups.setdefault(work.shape[:2], []).append(i)
@@ -123,14 +154,18 @@ class Segmenter:
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start:start + self.max_batch]
                 try:
-                    done = self._segment_chunk([prepared[i] for i in chunk])
+                    pending.append((chunk, self._segment_chunk([prepared[i] for i in chunk])))
                 except Exception as exc:  # noqa: BLE001 - isolate the image that broke the chunk
                     if len(chunk) == 1:
-                        done = [exc]
+                        results[chunk[0]] = exc
                     else:
-                        done = [self._segment_one_isolated(prepared[i]) for i in chunk]
-                for i, r in zip(chunk, done):
-                    results[i] = r
+                        for i in chunk:
+                            results[i] = self._segment_one_isolated(prepared[i])
+        # With a CRF pool, each chunk's CRFs ran in worker processes while the
+        # next chunks went through the device stages; collect them now.
+        for chunk, finishers in pending:
+            for i, finish in zip(chunk, finishers):
+                results[i] = _settle(finish)
         if errors == "raise":
             for r in results:
                 if isinstance(r, BaseException):
@@ -146,7 +181,7 @@ class Segmenter:
 
     def _segment_one_isolated(self, item: tuple[np.ndarray, np.ndarray, dict[str, float]]) -> Any:
         try:
-            return self._segment_chunk([item])[0]
+            return _settle(self._segment_chunk([item])[0])
         except Exception as exc:  # noqa: BLE001
             return exc
 
@@ -164,11 +199,12 @@ class Segmenter:
 
     def _backbone_batch(self, works: list[np.ndarray]) -> torch.Tensor:
         # Assumed backbone interface (issue 9: batching by size happens here only):
-        # ``features(batch)`` takes one (B, H, W, 3) uint8 array of equal-size
+        # ``batch_features(batch)`` takes one (B, H, W, 3) uint8 array of equal-size
         # images and returns (B, rows, cols, D) on the backbone's device.
         # Backbones that only have the older ``patch_features(list)`` still work.
-        if hasattr(self.backbone, "features"):
-            return self.backbone.features(np.stack(works))
+        batch_features = getattr(self.backbone, "batch_features", None)
+        if callable(batch_features):
+            return batch_features(np.stack(works))
         return torch.stack(list(self.backbone.patch_features(works)))
 
     def _segment_chunk(self, items: list[tuple[np.ndarray, np.ndarray, dict[str, float]]]) -> list[Any]:
@@ -205,24 +241,29 @@ class Segmenter:
 
         out: list[Any] = []
         for (original, work, timings), spectrum, selection in zip(items, spectra, selections):
-            try:
-                out.append(self._finish(original, work, timings, rows, cols, spectrum, selection))
-            except Exception as exc:  # noqa: BLE001 - fails alone
-                out.append(exc)
+            clustering = selection.clustering
+            crf_job = None
+            if cfg.variant == "pixel" and clustering.k > 1 and self._crf_pool is not None:
+                probabilities = clustering.probabilities.reshape(rows, cols, clustering.k)
+                crf_job = self._crf_pool.submit(_timed_crf, original, probabilities, cfg.crf)
+            out.append(functools.partial(self._finish, original, work, timings, rows, cols, spectrum, selection,
+                                         crf_job))
+        if self._crf_pool is None:  # in-process: finish now, nothing to overlap with
+            out = [_settle(finish) for finish in out]
         return out
 
     def _finish(self, original: np.ndarray, work: np.ndarray, timings: dict[str, float], rows: int, cols: int,
-                spectrum: Spectrum, selection: KSelection) -> Segmentation:
-        """CRF or upsampling, compact numbering, segments and diagnostics for one image."""
+                spectrum: Spectrum, selection: KSelection, crf_job: Any = None) -> Segmentation:
+        """CRF (here, or collected from the pool) or upsampling, compact numbering, segments and diagnostics."""
         cfg = self.config
         height, width = original.shape[:2]
         clustering = selection.clustering
         patch_labels = clustering.labels.reshape(rows, cols)
         probabilities = clustering.probabilities.reshape(rows, cols, clustering.k)
-        if cfg.variant == "pixel" and clustering.k > 1:
-            t = time.perf_counter()
-            labels = crf_labels(original, probabilities, cfg.crf)
-            timings["crf"] = time.perf_counter() - t
+        if crf_job is not None:
+            labels, timings["crf"] = crf_job.result()
+        elif cfg.variant == "pixel" and clustering.k > 1:
+            labels, timings["crf"] = _timed_crf(original, probabilities, cfg.crf)
         else:
             labels = None
 
@@ -266,6 +307,23 @@ class Segmenter:
             solver=spectrum.solver,
         )
         return Segmentation(labels=labels, patch_labels=patch_labels, segments=segments, diagnostics=diagnostics)
+
+
+def _timed_crf(image: np.ndarray, probabilities: np.ndarray, crf: Any) -> tuple[np.ndarray, float]:
+    """DenseCRF labels and the seconds they took (a top-level function: it runs in pool workers)."""
+    t = time.perf_counter()
+    labels = crf_labels(image, probabilities, crf)
+    return labels, time.perf_counter() - t
+
+
+def _settle(finish: Any) -> Any:
+    """Run one image's last stages (if not run yet); an exception becomes that image's result (it fails alone)."""
+    if not callable(finish):  # already a Segmentation or an exception
+        return finish
+    try:
+        return finish()
+    except Exception as exc:  # noqa: BLE001
+        return exc
 
 
 def _compact(labels: np.ndarray, patch_labels: np.ndarray, k_before: int

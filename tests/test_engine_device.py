@@ -33,7 +33,7 @@ class DeviceBackbone:
         self.bytes_per_image = bytes_per_image
         self.calls: list[int] = []
 
-    def features(self, batch: np.ndarray) -> torch.Tensor:
+    def batch_features(self, batch: np.ndarray) -> torch.Tensor:
         self.calls.append(len(batch))
         if self.bytes_per_image:
             if DEVICE.type == "cuda":  # a real allocation: raises torch.OutOfMemoryError when it does not fit
