@@ -59,7 +59,10 @@ for dir in "$hf" "$th" "$th/checkpoints" "${CLASP_WEIGHTS_DIR:-$HOME/.cache/clas
 done
 
 echo "== engine tests on $DEVICE"
-CLASP_TEST_DEVICE="$DEVICE" timeout 150 "$PY" -m pytest tests/test_engine_device.py -q -p no:cacheprovider
+selection=()
+[ "$QUICK" = 1 ] && selection=(-k "eigenpairs or memory")  # the quick path: solvers and the out-of-memory split
+CLASP_TEST_DEVICE="$DEVICE" timeout 150 "$PY" -m pytest tests/test_engine_device.py -q -p no:cacheprovider \
+  "${selection[@]}"
 tests_rc=$?
 
 echo "== benchmark on $DEVICE"

@@ -190,3 +190,15 @@ def test_out_of_memory_splits_the_batch():
         assert np.array_equal(r.labels, ref(img).labels)
     single = Segmenter(SegmenterConfig(variant="patch", max_side=224), backbone=_OOMOverTwo(), max_batch=8)
     assert single(imgs[0]).k >= 1
+
+
+def test_crf_pool_gives_the_in_process_labels():
+    imgs = _varied_scenes(3)
+    config = SegmenterConfig(variant="pixel", max_side=128)
+    pooled = Segmenter(config, backbone=FakeBackbone(), max_batch=2, crf_workers=1).segment_batch(imgs)
+    local = Segmenter(config, backbone=FakeBackbone(), max_batch=2).segment_batch(imgs)
+    for a, b in zip(pooled, local):
+        assert a.k == b.k and np.array_equal(a.labels, b.labels)
+        assert a.diagnostics.timings["crf"] > 0
+    with pytest.raises(ValueError):
+        Segmenter(config, backbone=FakeBackbone(), crf_workers=-1)
