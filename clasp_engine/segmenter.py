@@ -37,9 +37,14 @@ MAX_BATCH = 8
 def crf_workers_for_machine(device: str | torch.device) -> int:
     """CRF pool size for this machine: one process per core beside the engine's, on CUDA only.
 
-    On CPU the CRF competes with the engine's own stages for the same cores,
-    so the pool only adds its per-task cost (measured on the 2-core machine,
-    see benchmarks/bench_batched.py --crf-pool): 0 there, in-process.
+    On CPU the CRF competes with the engine's own stages for the same cores.
+    Measured on this project's 2-core machine (classic, pixel, 8 images at
+    448x448, chunks of 4, identical labels both ways) while ~7 other jobs kept
+    the load at 15-20: in-process 110.2 s, a pool of 2 spawned workers 69.9 s.
+    Under that load extra processes mostly win a larger share of the contended
+    cores, and on a quiet machine a pool task costs ~0.3 s (STACK-NOTES) against
+    ~0.1 s for a 320-px CRF, so CPU stays in-process (0) until a quiet
+    measurement says otherwise.
     """
     if torch.device(device).type != "cuda":
         return 0
