@@ -196,8 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         rows.extend(measure(name, images, batch, args.device))
-        print(f"  done {name}", file=sys.stderr, flush=True)
-    print_table(rows)
+        print_table(rows[-2:])  # as it goes: a long run killed by a time limit keeps what it measured
+        sys.stdout.flush()
+    if len(names) > 1:
+        print("\nall configurations:")
+        print_table(rows)
     if args.solvers:
         solver_table(args.device, batch)
     return 0
