@@ -239,9 +239,18 @@ class Segmenter:
         share("eigensolver", t)
 
         t = time.perf_counter()
-        selections = select_k_batch([s.eigenvalues for s in spectra], [s.eigenvectors for s in spectra], k=cfg.k,
-                                    k_min=cfg.k_min, k_max=cfg.k_max, window=cfg.silhouette_window,
-                                    seeds=[cfg.seed] * count)
+        # On CUDA every candidate K of every image is one batch. On CPU the same
+        # function runs image by image: the ops are memory-bound there, and the
+        # batch only grows the working set (classic, 8 images of 3136 patches,
+        # 2-core machine under load: K search 2.8 s/image one by one, 5.1 s/image
+        # as one batch; benchmarks/bench_batched.py). Results are the same either way.
+        per_call = count if spectra[0].eigenvectors.device.type != "cpu" else 1
+        selections = []
+        for start in range(0, count, per_call):
+            part = spectra[start:start + per_call]
+            selections.extend(select_k_batch([s.eigenvalues for s in part], [s.eigenvectors for s in part], k=cfg.k,
+                                             k_min=cfg.k_min, k_max=cfg.k_max, window=cfg.silhouette_window,
+                                             seeds=[cfg.seed] * len(part)))
         share("k_search", t)
 
         out: list[Any] = []
