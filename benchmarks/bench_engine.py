@@ -142,7 +142,7 @@ def crf_sweep(max_side: int = 448) -> None:
     from clasp_engine.config import CRFConfig, SegmenterConfig
     from clasp_engine.graph import affinity, leading_eigenpairs
     from clasp_engine.images import load_image, resize_to_grid
-    from clasp_engine.metrics import aggregate_class, aggregate_region, class_scores, region_scores
+    from clasp_engine.evaluation.metrics import aggregate_class, aggregate_region, class_scores, region_scores
     from clasp_engine.refine import crf_labels, upsample_labels
     from clasp_engine.select_k import select_k
 

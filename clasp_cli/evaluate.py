@@ -27,8 +27,7 @@ import numpy as np
 
 from clasp_engine.config import BACKBONES, DEVICES, FEATURES, VARIANTS
 from clasp_engine.errors import ClaspError, InvalidImageError
-from clasp_engine.metrics import (
-    PROTOCOLS,
+from clasp_engine.evaluation.metrics import (
     ClassTotals,
     RegionScores,
     aggregate_region,
@@ -36,9 +35,8 @@ from clasp_engine.metrics import (
     finite_or_none,
     region_match,
     region_scores,
-    resize_image,
-    resize_nearest,
 )
+from clasp_engine.evaluation.protocols import PROTOCOLS, resize_image, resize_nearest
 
 PROTOCOL_CHOICES = ("auto", *PROTOCOLS)
 GRID_SIDE = 320  # long side of the pictures kept for the best / worst grid
@@ -301,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _grid_row(image_id, score, k, image, gt, pred, seg_to_class, protocol):
-    from clasp_engine.report_figures import GridRow, recolour_prediction
+    from clasp_engine.evaluation.figures import GridRow, recolour_prediction
 
     if seg_to_class is None:  # class-agnostic: colour each segment like the region it is matched to
         seg_to_class = region_match(pred, gt)
@@ -399,7 +397,8 @@ def _print_table(rep: dict[str, Any], out=None) -> None:
 
 
 def _figures(rep: dict[str, Any], extremes: _Extremes, out_dir: Path) -> list[Path]:
-    from clasp_engine import report_figures as rf
+    """Build the report figures (engine: objects only) and write them as PNG files here."""
+    from clasp_engine.evaluation import figures as rf
 
     title = f"{rep['dataset']} · {rep['protocol']} · " + (
         f"{rep['config']['backbone']}/{rep['config']['variant']}" if rep["source"] == "engine" else "predictions")
@@ -407,13 +406,17 @@ def _figures(rep: dict[str, Any], extremes: _Extremes, out_dir: Path) -> list[Pa
                         else ("covering", "covering", rep.get("covering")))
     gt_name = "ground-truth classes" if rep["kind"] == "class" else "ground-truth regions (mean over annotators)"
     imgs = rep["images"]
-    out = [
-        rf.k_histogram([r["k"] for r in imgs], [r["n_gt_classes"] for r in imgs], out_dir / "k_histogram.png",
-                       gt_name=gt_name, title=title),
-        rf.sorted_scores([r["metrics"][key] for r in imgs], out_dir / "per_image_sorted.png", metric=metric,
-                         aggregate=agg, title=f"{title}: per-image {metric}, sorted"),
-    ]
+    figures = {
+        "k_histogram.png": rf.k_histogram([r["k"] for r in imgs], [r["n_gt_classes"] for r in imgs],
+                                          gt_name=gt_name, title=title),
+        "per_image_sorted.png": rf.sorted_scores([r["metrics"][key] for r in imgs], metric=metric, aggregate=agg,
+                                                 title=f"{title}: per-image {metric}, sorted"),
+    }
     best, worst = extremes.rows()
     if best or worst:
-        out.append(rf.best_worst_grid(best, worst, out_dir / "best_worst.png", metric=metric, title=title))
+        figures["best_worst.png"] = rf.best_worst_grid(best, worst, metric=metric, title=title)
+    out = []
+    for name, fig in figures.items():
+        fig.savefig(out_dir / name)  # at the figure's own dpi
+        out.append(out_dir / name)
     return out

@@ -40,7 +40,7 @@ def _err(msg: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from clasp_engine import Segmenter, SegmenterConfig
     from clasp_engine.errors import ClaspError, InvalidImageError
-    from clasp_engine.metrics import PROTOCOLS
+    from clasp_engine.evaluation.protocols import PROTOCOLS
     from integrations.datasets import DatasetError, PairError, load_labels, open_dataset, read_image
     from integrations.review.simulate import Proposal, proposal_truth, simulate, summary
 

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from clasp_engine.result import Diagnostics
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def palette(k: int) -> np.ndarray:
@@ -58,18 +60,15 @@ def overlay(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.45,
     return out
 
 
-def spectrum_figure(diagnostics: Diagnostics | dict[str, Any], path: str | Path, *, title: str | None = None) -> Path:
-    """Save the two-panel spectrum figure of one image to ``path`` (PNG) and return it.
+def spectrum_figure(diagnostics: Diagnostics | dict[str, Any], *, title: str | None = None) -> Figure:
+    """The two-panel spectrum figure of one image, as a matplotlib ``Figure`` (the caller writes it).
 
     Left: eigengaps δi against i (= the K each gap votes for), the chord joining
     the first and last gap points, each point's perpendicular distance to it
     (grey bars, right axis), the elbow marked. Right: mean silhouette of every
     candidate K, the chosen K marked, and the rule that chose it.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     d = diagnostics if isinstance(diagnostics, dict) else diagnostics.to_dict()
     gaps = np.asarray(d["eigengaps"], dtype=np.float64)
@@ -78,7 +77,8 @@ def spectrum_figure(diagnostics: Diagnostics | dict[str, Any], path: str | Path,
     sil = {int(k): float(v) for k, v in (d.get("silhouette") or {}).items()}
     k, elbow, rule = d["k"], d.get("elbow_k"), d.get("k_rule", "")
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
+    fig = Figure(figsize=(11, 4.2), dpi=110)
+    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1]})
     dax = ax.twinx()
     if gaps.size:
         dax.bar(ks, dist, width=0.6, color="0.85", zorder=0, label="distance to chord")
@@ -120,8 +120,4 @@ def spectrum_figure(diagnostics: Diagnostics | dict[str, Any], path: str | Path,
     head = title or f"{d.get('backbone', '')}  {size}  variant={d.get('variant', '')}"
     fig.suptitle(head, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig

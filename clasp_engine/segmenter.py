@@ -7,6 +7,8 @@ how K was chosen and how long every stage took.
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from collections import OrderedDict
 from typing import Any
@@ -15,21 +17,39 @@ import numpy as np
 import torch
 
 from clasp_engine import __version__
-from clasp_engine.cluster import Clustering, spectral_embedding, spectral_kmeans
+from clasp_engine.cluster import Clustering
 from clasp_engine.config import SegmenterConfig
 from clasp_engine.embed import region_embeddings
-from clasp_engine.graph import affinity, leading_eigenpairs
+from clasp_engine.graph import Spectrum, affinity_batch, leading_eigenpairs_batch
 from clasp_engine.refine import crf_labels, upsample_labels
 from clasp_engine.result import Diagnostics, Segment, Segmentation
-from clasp_engine.select_k import select_k
+from clasp_engine.select_k import KSelection, select_k_batch
 
 STAGES = ("load", "resize", "backbone", "affinity", "eigensolver", "k_search", "clustering", "crf", "upsample",
           "total")
 RANDOM_WEIGHTS_WARNING = "random weights: speed measurement only"
 CLASSIC_FALLBACK_WARNING = "classic fallback: no ViT weights found, using the weight-free classic features"
-# Images of one size go through the backbone together, at most this many at once
-# (bounds activation memory for ViT-S/8 at large sizes).
+# Images of one size go through the engine together, at most this many at once
+# (bounds activation memory for ViT-S/8 at large sizes; a chunk that still runs
+# out of device memory is split in halves and retried).
 MAX_BATCH = 8
+
+
+def crf_workers_for_machine(device: str | torch.device) -> int:
+    """CRF pool size for this machine: one process per core beside the engine's, on CUDA only.
+
+    On CPU the CRF competes with the engine's own stages for the same cores.
+    Measured on this project's 2-core machine (classic, pixel, 8 images at
+    448x448, chunks of 4, identical labels both ways) while ~7 other jobs kept
+    the load at 15-20: in-process 110.2 s, a pool of 2 spawned workers 69.9 s.
+    Under that load extra processes mostly win a larger share of the contended
+    cores, and on a quiet machine a pool task costs ~0.3 s (STACK-NOTES) against
+    ~0.1 s for a 320-px CRF, so CPU stays in-process (0) until a quiet
+    measurement says otherwise.
+    """
+    if torch.device(device).type != "cuda":
+        return 0
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 class Segmenter:
@@ -42,9 +62,32 @@ class Segmenter:
     backbone : Backbone, optional
         A ready feature extractor (see ``clasp_engine.backbones.base.Backbone``);
         by default one is created from the config, once, here.
+    max_batch : int, optional
+        Most images of one size that go through the stages together (default
+        ``MAX_BATCH``); a chunk that runs out of device memory is split anyway.
+    crf_workers : int, optional
+        Pixel variant: run the DenseCRFs in a pool of this many processes, fed
+        while the next chunk goes through the device stages (a GPU worker:
+        ``crf_workers_for_machine()``). 0 (default): in this process. On this
+        project's 2-core CPU machine the pool does not pay; see
+        :func:`crf_workers_for_machine`.
     """
 
-    def __init__(self, config: SegmenterConfig | None = None, backbone: Any | None = None):
+    def __init__(self, config: SegmenterConfig | None = None, backbone: Any | None = None, *,
+                 max_batch: int = MAX_BATCH, crf_workers: int = 0):
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch}: need at least 1 image per batch")
+        if crf_workers < 0:
+            raise ValueError(f"crf_workers={crf_workers}: 0 (in-process) or a number of processes")
+        self.max_batch = max_batch
+        self._crf_pool = None
+        if crf_workers:
+            import concurrent.futures
+            import multiprocessing
+
+            # spawn: the workers must not inherit torch's threads or a CUDA context.
+            self._crf_pool = concurrent.futures.ProcessPoolExecutor(
+                crf_workers, mp_context=multiprocessing.get_context("spawn"))
         self.config = config if config is not None else SegmenterConfig()
         if backbone is None:
             from clasp_engine.backbones import create_backbone, resolve_device
@@ -67,38 +110,73 @@ class Segmenter:
         """Segment one image: a path, encoded bytes, a PIL image or an (H, W, 3) array."""
         return self.segment_batch([image])[0]
 
-    def segment_batch(self, images: list[Any]) -> list[Segmentation]:
-        """Segment several images; those of equal working size share backbone passes."""
+    def segment_batch(self, images: list[Any], *, errors: str = "raise") -> list[Any]:
+        """Segment several images; those of one working size go through every stage together.
+
+        Images are grouped by working size (here, and only here) and cut into
+        chunks of at most ``max_batch``; each chunk runs the backbone, the
+        affinity, the eigensolver and the K search as batched tensor operations
+        on the configured device. Every image's result depends on that image
+        and the config only, never on the batch it came in.
+
+        Parameters
+        ----------
+        images : paths, encoded bytes, PIL images or (H, W, 3) arrays.
+        errors : {"raise", "return"}
+            An image that cannot be decoded or segmented fails alone: with
+            "return" its place in the result holds the exception (a
+            ``ClaspError`` for bad input); with "raise" the first such
+            exception is raised after the whole batch has run.
+
+        Returns
+        -------
+        list of Segmentation (or exceptions, with ``errors="return"``), in input order.
+        """
         from clasp_engine.images import load_image, resize_to_grid
 
-        prepared = []
-        for source in images:
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors={errors!r}: choose 'raise' or 'return'")
+        results: list[Any] = [None] * len(images)
+        prepared: dict[int, tuple[np.ndarray, np.ndarray, dict[str, float]]] = {}
+        for i, source in enumerate(images):
             timings = dict.fromkeys(STAGES, 0.0)
-            t0 = time.perf_counter()
-            original = load_image(source)
-            t1 = time.perf_counter()
-            work = resize_to_grid(original, self.config.max_side, self.backbone.patch_size)
-            t2 = time.perf_counter()
-            timings["load"], timings["resize"] = t1 - t0, t2 - t1
-            prepared.append((original, work, timings))
-
-        groups: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
-        for i, (_, work, _) in enumerate(prepared):
-            groups.setdefault(work.shape[:2], []).append(i)
-        features: list[torch.Tensor | None] = [None] * len(prepared)
-        for indices in groups.values():
-            for start in range(0, len(indices), MAX_BATCH):
-                chunk = indices[start:start + MAX_BATCH]
+            try:
                 t0 = time.perf_counter()
-                out = self.backbone.patch_features([prepared[i][1] for i in chunk])
-                self._sync()
-                share = (time.perf_counter() - t0) / len(chunk)
-                for i, f in zip(chunk, out):
-                    features[i] = f
-                    prepared[i][2]["backbone"] = share
+                original = load_image(source)
+                t1 = time.perf_counter()
+                work = resize_to_grid(original, self.config.max_side, self.backbone.patch_size)
+                t2 = time.perf_counter()
+            except Exception as exc:  # noqa: BLE001 - one bad image must not sink the batch
+                results[i] = exc
+                continue
+            timings["load"], timings["resize"] = t1 - t0, t2 - t1
+            prepared[i] = (original, work, timings)
 
-        return [self._segment_features(orig, work, feats, timings)
-                for (orig, work, timings), feats in zip(prepared, features)]
+        pending: list[tuple[list[int], list[Any]]] = []
+        groups: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
+        for i, (_, work, _) in prepared.items():
+            groups.setdefault(work.shape[:2], []).append(i)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.max_batch):
+                chunk = indices[start:start + self.max_batch]
+                try:
+                    pending.append((chunk, self._segment_chunk([prepared[i] for i in chunk])))
+                except Exception as exc:  # noqa: BLE001 - isolate the image that broke the chunk
+                    if len(chunk) == 1:
+                        results[chunk[0]] = exc
+                    else:
+                        for i in chunk:
+                            results[i] = self._segment_one_isolated(prepared[i])
+        # With a CRF pool, each chunk's CRFs ran in worker processes while the
+        # next chunks went through the device stages; collect them now.
+        for chunk, finishers in pending:
+            for i, finish in zip(chunk, finishers):
+                results[i] = _settle(finish)
+        if errors == "raise":
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+        return results
 
     # ------------------------------------------------------------------ stages
 
@@ -107,42 +185,101 @@ class Segmenter:
         if self.backbone.device.type == "cuda":
             torch.cuda.synchronize(self.backbone.device)
 
-    def _segment_features(self, original: np.ndarray, work: np.ndarray, feats: torch.Tensor,
-                          timings: dict[str, float]) -> Segmentation:
+    def _segment_one_isolated(self, item: tuple[np.ndarray, np.ndarray, dict[str, float]]) -> Any:
+        try:
+            return _settle(self._segment_chunk([item])[0])
+        except Exception as exc:  # noqa: BLE001
+            return exc
+
+    def _features(self, works: list[np.ndarray]) -> torch.Tensor:
+        """Patch features (B, rows, cols, D) for same-size images; split in halves on out-of-memory."""
+        try:
+            return self._backbone_batch(works)
+        except torch.OutOfMemoryError:
+            if len(works) == 1:
+                raise
+            if self.backbone.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(works) // 2
+            return torch.cat([self._features(works[:half]), self._features(works[half:])])
+
+    def _backbone_batch(self, works: list[np.ndarray]) -> torch.Tensor:
+        # Assumed backbone interface (issue 9: batching by size happens here only):
+        # ``batch_features(batch)`` takes one (B, H, W, 3) uint8 array of equal-size
+        # images and returns (B, rows, cols, D) on the backbone's device.
+        # Backbones that only have the older ``patch_features(list)`` still work.
+        batch_features = getattr(self.backbone, "batch_features", None)
+        if callable(batch_features):
+            return batch_features(np.stack(works))
+        return torch.stack(list(self.backbone.patch_features(works)))
+
+    def _segment_chunk(self, items: list[tuple[np.ndarray, np.ndarray, dict[str, float]]]) -> list[Any]:
+        """Every stage for images of one working size; returns Segmentations (or per-image exceptions)."""
         cfg = self.config
-        rows, cols = int(feats.shape[0]), int(feats.shape[1])
-        n = rows * cols
-        height, width = original.shape[:2]
+        count = len(items)
+
+        def share(stage: str, since: float) -> None:
+            self._sync()
+            for _, _, timings in items:
+                timings[stage] = (time.perf_counter() - since) / count
 
         t = time.perf_counter()
-        W = affinity(feats)
-        self._sync()
-        timings["affinity"] = time.perf_counter() - t
+        feats = self._features([work for _, work, _ in items])
+        share("backbone", t)
+        rows, cols = int(feats.shape[1]), int(feats.shape[2])
+        n = rows * cols
+
+        t = time.perf_counter()
+        W = affinity_batch(feats)
+        share("affinity", t)
 
         t = time.perf_counter()
         m = min(max(cfg.n_eigen, cfg.k or 0), n)
-        spectrum = leading_eigenpairs(W, m, seed=cfg.seed)
-        self._sync()
-        timings["eigensolver"] = time.perf_counter() - t
+        spectra = leading_eigenpairs_batch(W, m, seed=cfg.seed)
+        del W
+        share("eigensolver", t)
 
         t = time.perf_counter()
-        selection = select_k(spectrum.eigenvalues, spectrum.eigenvectors, k=cfg.k, k_min=cfg.k_min,
-                             k_max=cfg.k_max, window=cfg.silhouette_window, seed=cfg.seed)
-        timings["k_search"] = time.perf_counter() - t
+        # On CUDA every candidate K of every image is one batch. On CPU the same
+        # function runs image by image: the ops are memory-bound there, and the
+        # batch only grows the working set (classic, 8 images of 3136 patches,
+        # 2-core machine under load: K search 2.8 s/image one by one, 5.1 s/image
+        # as one batch; benchmarks/bench_batched.py). Results are the same either way.
+        per_call = count if spectra[0].eigenvectors.device.type != "cpu" else 1
+        selections = []
+        for start in range(0, count, per_call):
+            part = spectra[start:start + per_call]
+            selections.extend(select_k_batch([s.eigenvalues for s in part], [s.eigenvectors for s in part], k=cfg.k,
+                                             k_min=cfg.k_min, k_max=cfg.k_max, window=cfg.silhouette_window,
+                                             seeds=[cfg.seed] * len(part)))
+        share("k_search", t)
 
-        t = time.perf_counter()
+        out: list[Any] = []
+        for index, ((original, work, timings), spectrum, selection) in enumerate(zip(items, spectra, selections)):
+            clustering = selection.clustering
+            crf_job = None
+            if cfg.variant == "pixel" and clustering.k > 1 and self._crf_pool is not None:
+                probabilities = clustering.probabilities.reshape(rows, cols, clustering.k)
+                crf_job = self._crf_pool.submit(_timed_crf, original, probabilities, cfg.crf)
+            out.append(functools.partial(self._finish, original, work, timings, rows, cols, spectrum, selection,
+                                         crf_job, feats[index]))
+        if self._crf_pool is None:  # in-process: finish now, nothing to overlap with
+            out = [_settle(finish) for finish in out]
+        return out
+
+    def _finish(self, original: np.ndarray, work: np.ndarray, timings: dict[str, float], rows: int, cols: int,
+                spectrum: Spectrum, selection: KSelection, crf_job: Any = None,
+                patch_features: torch.Tensor | None = None) -> Segmentation:
+        """CRF (here, or collected from the pool) or upsampling, compact numbering, segments and diagnostics."""
+        cfg = self.config
+        height, width = original.shape[:2]
         clustering = selection.clustering
-        if clustering is None:
-            k = max(1, min(selection.k, spectrum.eigenvectors.shape[1]))
-            clustering = spectral_kmeans(spectral_embedding(spectrum.eigenvectors, k), k, seed=cfg.seed)
-        timings["clustering"] = time.perf_counter() - t
-
         patch_labels = clustering.labels.reshape(rows, cols)
         probabilities = clustering.probabilities.reshape(rows, cols, clustering.k)
-        if cfg.variant == "pixel" and clustering.k > 1:
-            t = time.perf_counter()
-            labels = crf_labels(original, probabilities, cfg.crf)
-            timings["crf"] = time.perf_counter() - t
+        if crf_job is not None:
+            labels, timings["crf"] = crf_job.result()
+        elif cfg.variant == "pixel" and clustering.k > 1:
+            labels, timings["crf"] = _timed_crf(original, probabilities, cfg.crf)
         else:
             labels = None
 
@@ -185,11 +322,29 @@ class Segmenter:
             warnings=warnings,
             solver=spectrum.solver,
         )
-        embeddings = region_embeddings(feats.detach().float().cpu().numpy(), patch_labels, k)
+        embeddings = (None if patch_features is None
+                      else region_embeddings(patch_features.detach().float().cpu().numpy(), patch_labels, k))
         alternatives = {int(c): alt.labels.reshape(rows, cols) for c, alt in selection.candidates.items()
                         if c != selection.k}
         return Segmentation(labels=labels, patch_labels=patch_labels, segments=segments, diagnostics=diagnostics,
                             region_embeddings=embeddings, alternatives=alternatives)
+
+
+def _timed_crf(image: np.ndarray, probabilities: np.ndarray, crf: Any) -> tuple[np.ndarray, float]:
+    """DenseCRF labels and the seconds they took (a top-level function: it runs in pool workers)."""
+    t = time.perf_counter()
+    labels = crf_labels(image, probabilities, crf)
+    return labels, time.perf_counter() - t
+
+
+def _settle(finish: Any) -> Any:
+    """Run one image's last stages (if not run yet); an exception becomes that image's result (it fails alone)."""
+    if not callable(finish):  # already a Segmentation or an exception
+        return finish
+    try:
+        return finish()
+    except Exception as exc:  # noqa: BLE001
+        return exc
 
 
 def _compact(labels: np.ndarray, patch_labels: np.ndarray, k_before: int

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from clasp_engine.cluster import Clustering, spectral_embedding, spectral_kmeans
+from clasp_engine.cluster import (Clustering, KMeansProblems, clustering_from_labels, kmeans_batch, torch_threads_for,
+                                  unit_row_eigenvectors, unit_row_eigenvectors_torch)
 
 # Above this many points the silhouette averages over a fixed-seed sample of
 # rows (distances still go to every point, so each sampled silhouette is exact
@@ -107,7 +108,7 @@ def scoring_embedding(eigenvectors: torch.Tensor | np.ndarray, eigenvalues: np.n
     if isinstance(eigenvectors, torch.Tensor):
         eigenvectors = eigenvectors.detach().cpu().numpy()
     lam = np.clip(np.asarray(eigenvalues[:dims], dtype=np.float32), 0.0, None)
-    return spectral_embedding(eigenvectors[:, :dims] * lam[None, :], dims)
+    return unit_row_eigenvectors(eigenvectors[:, :dims] * lam[None, :], dims)
 
 
 def silhouette_search(embedding: torch.Tensor | np.ndarray, candidates: list[int], seed: int = 0, *,
@@ -127,15 +128,99 @@ def silhouette_search(embedding: torch.Tensor | np.ndarray, candidates: list[int
     m = embedding.shape[1]
     if max(candidates) > m or min(candidates) < 2:
         raise ValueError(f"candidates {candidates}: each K must be in 2..{m} (eigenvectors computed)")
+    vecs = torch.as_tensor(np.asarray(embedding)) if not isinstance(embedding, torch.Tensor) else embedding
     lam = np.ones(m) if eigenvalues is None else np.asarray(eigenvalues)
-    space = torch.from_numpy(scoring_embedding(embedding, lam, max(candidates)))
-    scores: dict[int, float] = {}
-    for k in candidates:
-        c = spectral_kmeans(spectral_embedding(embedding, k), k, seed=seed)
-        if clusterings is not None:
-            clusterings[k] = c
-        scores[k] = silhouette_score_torch(space, torch.from_numpy(c.labels), seed=seed)
-    return scores
+    labels = cluster_candidates([vecs], [list(candidates)], [seed])
+    space = torch.from_numpy(scoring_embedding(vecs, lam, max(candidates)))[None]
+    scores = silhouette_scores_batch(space, labels[0][None], max(candidates), seeds=[seed])[0]
+    if clusterings is not None:
+        for j, k in enumerate(candidates):
+            clusterings[k] = clustering_from_labels(unit_row_eigenvectors(vecs, k), labels[0][j].cpu().numpy(), k)
+    return {k: float(scores[j]) for j, k in enumerate(candidates)}
+
+
+def cluster_candidates(eigenvectors: list[torch.Tensor], candidates: list[list[int]], seeds: list[int]
+                       ) -> list[torch.Tensor]:
+    """k-means labels for every candidate K of every image, as one batch of problems.
+
+    Parameters
+    ----------
+    eigenvectors : per image (N, m), all with the same N and on one device.
+    candidates : per image, the K to cluster at (may be empty).
+    seeds : per image.
+
+    Returns
+    -------
+    per image, (len(candidates), N) int64 labels (raw k-means numbering).
+    """
+    width = max((max(c) for c in candidates if c), default=0)
+    if width == 0:
+        return [torch.zeros(0, v.shape[0], dtype=torch.long) for v in eigenvectors]
+    points, ks, problem_seeds = [], [], []
+    for vecs, cands, seed in zip(eigenvectors, candidates, seeds):
+        for k in cands:
+            points.append(unit_row_eigenvectors_torch(vecs, k, width))
+            ks.append(k)
+            problem_seeds.append(seed)
+    with torch_threads_for(points[0].device):
+        labels, _ = kmeans_batch(KMeansProblems(points=torch.stack(points), ks=torch.tensor(ks),
+                                                seeds=problem_seeds, dims=torch.tensor(ks)))
+    out, start = [], 0
+    for cands in candidates:
+        out.append(labels[start:start + len(cands)])
+        start += len(cands)
+    return out
+
+
+def silhouette_scores_batch(space: torch.Tensor, labels: torch.Tensor, kmax: int, *, seeds: list[int] | None = None,
+                            max_rows: int = SILHOUETTE_MAX_ROWS) -> np.ndarray:
+    """Mean silhouettes of C partitions of each of B images, in one batched pass.
+
+    Parameters
+    ----------
+    space : (B, N, d) scoring embeddings (see :func:`scoring_embedding`; zero
+        padding columns change no distance).
+    labels : (B, C, N) int64 labels, each < ``kmax``.
+    seeds : per image (default 0): above ``max_rows`` points, the rows scored
+        are a sample drawn from the image's own seed.
+
+    Returns
+    -------
+    (B, C) float64: each entry equal to :func:`silhouette_score_torch` of that
+    partition (same row sample, same definition), -1 for a partition with
+    fewer than 2 non-empty clusters or fewer than 3 points.
+    """
+    batch, n, _ = space.shape
+    c = labels.shape[1]
+    if c == 0:
+        return np.zeros((batch, 0))
+    labels = labels.to(space.device)
+    seeds = [0] * batch if seeds is None else seeds
+    if n > max_rows:
+        rows = torch.stack([torch.randperm(n, generator=torch.Generator(device="cpu").manual_seed(s))[:max_rows]
+                            .sort().values for s in seeds]).to(space.device)
+    else:
+        rows = torch.arange(n, device=space.device).expand(batch, n)
+    with torch_threads_for(space.device):
+        picked = space.gather(1, rows[..., None].expand(-1, -1, space.shape[2]))
+        d = torch.cdist(picked, space)  # (B, r, N): shared by all C partitions
+        offsets = (torch.arange(c, device=space.device) * kmax)[None, :, None]
+        onehot = torch.zeros(batch, n, c * kmax, dtype=d.dtype, device=space.device)
+        onehot.scatter_(2, (labels + offsets).transpose(1, 2), 1.0)  # (B, N, C*kmax)
+        sums = torch.bmm(d, onehot).reshape(batch, -1, c, kmax).permute(0, 2, 1, 3)  # (B, C, r, kmax)
+        counts = onehot.sum(1).reshape(batch, c, kmax)
+        own = labels.gather(2, rows[:, None, :].expand(-1, c, -1))  # (B, C, r)
+        own_count = counts.gather(2, own)
+        a = sums.gather(3, own[..., None]).squeeze(3) / (own_count - 1).clamp_min(1)
+        mean_to = sums / counts.clamp_min(1)[:, :, None, :]
+        mean_to.scatter_(3, own[..., None], float("inf"))
+        mean_to.masked_fill_((counts == 0)[:, :, None, :], float("inf"))
+        b = mean_to.min(dim=3).values
+        s = (b - a) / torch.maximum(a, b).clamp_min(1e-12)
+        s = torch.where(own_count > 1, s, torch.zeros_like(s))
+        scores = s.mean(2).double()
+    scores[((counts > 0).sum(2) < 2) | (n < 3)] = -1.0
+    return scores.cpu().numpy()
 
 
 @dataclass
@@ -165,27 +250,79 @@ def candidate_window(elbow: int, window: int, k_min: int, k_max: int) -> list[in
 
 def select_k(eigenvalues: np.ndarray, eigenvectors: torch.Tensor, *, k: int | None = None, k_min: int = 2,
              k_max: int = 15, window: int = 2, seed: int = 0) -> KSelection:
-    """The chosen-K rule.
+    """The chosen-K rule for one image (see :func:`select_k_batch`)."""
+    return select_k_batch([np.asarray(eigenvalues)], [eigenvectors], k=k, k_min=k_min, k_max=k_max, window=window,
+                          seeds=[seed], cluster_always=False)[0]
+
+
+def select_k_batch(eigenvalues: list[np.ndarray], eigenvectors: list[torch.Tensor], *, k: int | None = None,
+                   k_min: int = 2, k_max: int = 15, window: int = 2, seeds: list[int] | None = None,
+                   cluster_always: bool = True) -> list[KSelection]:
+    """The chosen-K rule for a batch of images with the same patch count, with their clusterings.
 
     - fixed ``k`` given: K = k, no search (rule "fixed"); gaps and elbow are still reported.
     - otherwise: elbow of the eigengap curve, then the best mean silhouette over
       K in [elbow − window, elbow + window] clipped to [k_min, k_max]; ties go
       to the smaller K (rule "silhouette", or "elbow" when one candidate remains).
     - fewer than 2 usable patches/eigenvectors: K = 1 (rule "single").
+
+    Every candidate K of every image is clustered in one batch of k-means
+    problems and scored in one batched silhouette pass; each image's result
+    depends on its own data and seed only. With ``cluster_always`` the images
+    whose K needs no search (fixed, single) are clustered in the same batch, so
+    every selection carries its clustering; without, theirs is None.
     """
-    lam = np.asarray(eigenvalues, dtype=np.float64)
-    n_points, n_vecs = eigenvectors.shape
-    gaps = eigengaps(lam) if lam.size >= 2 else np.zeros(0)
-    elbow, distances = elbow_k(gaps) if gaps.size else (None, np.zeros(0))
-    if k is not None:
-        return KSelection(k=min(k, n_points), rule="fixed", elbow_k=elbow, eigengaps=gaps, elbow_distances=distances)
-    upper = min(k_max, n_vecs, n_points - 1)
-    if elbow is None or upper < max(2, k_min):
-        return KSelection(k=1, rule="single", elbow_k=elbow, eigengaps=gaps, elbow_distances=distances)
-    candidates = candidate_window(elbow, window, k_min, upper)
-    clusterings: dict[int, Clustering] = {}
-    scores = silhouette_search(eigenvectors, candidates, seed, eigenvalues=lam, clusterings=clusterings)
-    chosen = max(candidates, key=lambda c: (scores[c], -c))
-    rule = "elbow" if len(candidates) == 1 else "silhouette"
-    return KSelection(k=chosen, rule=rule, elbow_k=elbow, eigengaps=gaps, elbow_distances=distances,
-                      silhouette=scores, clustering=clusterings[chosen], candidates=clusterings)
+    seeds = [0] * len(eigenvectors) if seeds is None else list(seeds)
+    plans = []
+    for lam, vecs in zip(eigenvalues, eigenvectors):
+        lam = np.asarray(lam, dtype=np.float64)
+        n_points, n_vecs = vecs.shape
+        gaps = eigengaps(lam) if lam.size >= 2 else np.zeros(0)
+        elbow, distances = elbow_k(gaps) if gaps.size else (None, np.zeros(0))
+        upper = min(k_max, n_vecs, n_points - 1)
+        if k is not None:
+            chosen = max(1, min(k, n_points, n_vecs))
+            plans.append(("fixed", min(k, n_points), elbow, gaps, distances,
+                          [chosen] if chosen > 1 and cluster_always else []))
+        elif elbow is None or upper < max(2, k_min):
+            plans.append(("single", 1, elbow, gaps, distances, []))
+        else:
+            cands = candidate_window(elbow, window, k_min, upper)
+            plans.append(("silhouette" if len(cands) > 1 else "elbow", None, elbow, gaps, distances, cands))
+    labels = cluster_candidates(list(eigenvectors), [p[5] for p in plans], seeds)
+    searched = [i for i, p in enumerate(plans) if p[0] in ("silhouette", "elbow")]
+    scores = np.zeros((len(plans), 0))
+    if searched:
+        dims = max(max(plans[i][5]) for i in searched)
+        space = torch.stack([torch.nn.functional.pad(torch.from_numpy(scoring_embedding(
+            eigenvectors[i], eigenvalues[i], max(plans[i][5]))), (0, dims - max(plans[i][5]))) for i in searched])
+        width = max(len(plans[i][5]) for i in searched)
+        # Images with fewer candidates repeat their first partition (its score is ignored).
+        batch_labels = torch.stack([torch.cat([labels[i], labels[i][:1].expand(width - len(plans[i][5]), -1)])
+                                    for i in searched])
+        scores = silhouette_scores_batch(space.to(batch_labels.device), batch_labels, dims,
+                                         seeds=[seeds[i] for i in searched])
+    out = []
+    for i, (rule, fixed_k, elbow, gaps, distances, cands) in enumerate(plans):
+        vecs = eigenvectors[i]
+        if rule == "single" or not cands:
+            k_out = 1 if rule == "single" else fixed_k
+            n = vecs.shape[0]
+            clustering = (clustering_from_labels(np.ones((n, 1), np.float32), np.zeros(n, np.int64), 1)
+                          if cluster_always else None)
+            out.append(KSelection(k=k_out, rule=rule, elbow_k=elbow, eigengaps=gaps, elbow_distances=distances,
+                                  clustering=clustering))
+            continue
+        clusterings = [clustering_from_labels(unit_row_eigenvectors(vecs, c), labels[i][j].cpu().numpy(), c)
+                       for j, c in enumerate(cands)]
+        if rule == "fixed":
+            out.append(KSelection(k=fixed_k, rule=rule, elbow_k=elbow, eigengaps=gaps, elbow_distances=distances,
+                                  clustering=clusterings[0]))
+            continue
+        row = scores[searched.index(i)]
+        silhouette = {c: float(row[j]) for j, c in enumerate(cands)}
+        chosen = max(cands, key=lambda c: (silhouette[c], -c))
+        out.append(KSelection(k=chosen, rule=rule, elbow_k=elbow, eigengaps=gaps, elbow_distances=distances,
+                              silhouette=silhouette, clustering=clusterings[cands.index(chosen)],
+                              candidates=dict(zip(cands, clusterings))))
+    return out

@@ -124,7 +124,7 @@ def test_tokens_and_keys_shapes(name: str, patch: int, prefix: int) -> None:
     torch.testing.assert_close(fk, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_equal_sizes_share_a_pass_and_order_is_kept() -> None:
+def test_mixed_sizes_keep_their_order() -> None:
     bb = _random("dino_vits16")
     a, b, c = _image(32, 48, 1), _image(48, 32, 2), _image(32, 48, 3)
     feats = bb.patch_features([a, b, c])
@@ -134,6 +134,9 @@ def test_equal_sizes_share_a_pass_and_order_is_kept() -> None:
     feats[0].div_(2.0)  # ordinary tensors, not inference-mode ones: in-place ops work
     with pytest.raises(ValueError, match="multiple of patch size"):
         bb.patch_features([_image(30, 48)])
+    both = bb.batch_features(np.stack([a, c]))  # equal sizes share one pass
+    assert tuple(both.shape[:3]) == (2, 2, 3)
+    torch.testing.assert_close(both[1], feats[2], rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- checkpoint layouts
@@ -470,8 +473,8 @@ def test_forward_split_on_oom_matches_the_whole_batch() -> None:
 
 def test_vit_forward_splits_a_batch_that_runs_out_of_memory(monkeypatch) -> None:
     bb = ViTBackbone.create("dino_vits16", "random", CPU, features="keys", max_batch=8)
-    images = [_image(32, 48, seed) for seed in range(5)]
-    whole = bb.patch_features(images)
+    images = np.stack([_image(32, 48, seed) for seed in range(5)])
+    whole = bb.batch_features(images)
     sizes: list[int] = []
     real = bb.model.forward_features
 
@@ -482,13 +485,13 @@ def test_vit_forward_splits_a_batch_that_runs_out_of_memory(monkeypatch) -> None
         return real(x)
 
     monkeypatch.setattr(bb.model, "forward_features", limited)
-    split = bb.patch_features(images)
+    split = bb.batch_features(images)
     assert sizes == [5, 2, 3, 1, 2]
     for a, b in zip(split, whole):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     assert bb.batch_limits == {(32, 48): 2}  # 5 failed: halved; 3 (part of that 5) says nothing new
     sizes.clear()
-    bb.patch_features(images[:3])  # later batches of that size start at the size that fitted
+    bb.batch_features(images[:3])  # later batches of that size start at the size that fitted
     assert sizes == [2, 1]
     assert bb.patch_features([_image(48, 32)])[0].shape == (3, 2, 384)  # other sizes are unaffected
 

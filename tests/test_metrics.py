@@ -5,18 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clasp_engine.metrics import (
-    PROTOCOLS,
+from clasp_engine.evaluation.metrics import (
     aggregate_class,
     aggregate_region,
-    centre_square,
     class_scores,
     rand_index,
     region_match,
     region_scores,
-    resize_nearest,
     variation_of_information,
 )
+from clasp_engine.evaluation.protocols import PROTOCOLS, centre_square, resize_nearest
 
 X = 255  # ignore
 

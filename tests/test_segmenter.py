@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from clasp_engine import SegmenterConfig
 from clasp_engine.result import Diagnostics
@@ -111,7 +112,8 @@ def test_render_overlay_and_spectrum_figure(results, artifacts_dir):
     ov = overlay(img, r.labels)
     assert ov.shape == img.shape and ov.dtype == np.uint8
     assert not np.array_equal(ov, img)
-    path = spectrum_figure(r.diagnostics, artifacts_dir / "test_spectrum.png")
+    path = artifacts_dir / "test_spectrum.png"
+    spectrum_figure(r.diagnostics).savefig(path)  # the engine builds the figure; the caller writes it
     with Image.open(path) as fig:
         assert fig.size[0] > 600
 
@@ -121,3 +123,82 @@ def test_classic_fallback_is_flagged():
     bb.name = "classic:auto-fallback"
     seg = Segmenter(SegmenterConfig(backbone="auto", variant="patch", max_side=64), backbone=bb)
     assert any("classic" in w for w in seg(scene()).diagnostics.warnings)
+
+
+def _varied_scenes(count: int = 8) -> list[np.ndarray]:
+    """Same-size scenes whose regions differ, so K differs between them."""
+    out = []
+    for i in range(count):
+        img = scene(seed=i)
+        rng = np.random.default_rng(100 + i)
+        for _ in range(i % 4):
+            y, x = rng.integers(0, 110), rng.integers(0, 180)
+            img[y:y + 40, x:x + 50] = rng.integers(0, 256, 3)
+        out.append(img)
+    return out
+
+
+@pytest.mark.parametrize("variant", ["patch", "pixel"])
+def test_batch_of_8_equals_8_batches_of_1(variant):
+    imgs = _varied_scenes()
+    seg = Segmenter(SegmenterConfig(variant=variant, max_side=224), backbone=FakeBackbone())
+    batch = seg.segment_batch(imgs)
+    assert seg.backbone.calls[-1] == 8
+    ks = set()
+    for img, together in zip(imgs, batch):
+        alone = seg(img)
+        assert alone.k == together.k
+        assert np.array_equal(alone.labels, together.labels)
+        assert alone.diagnostics.silhouette == together.diagnostics.silhouette
+        ks.add(alone.k)
+    assert len(ks) > 1  # the batch mixed images with different K
+
+
+def test_bad_image_in_a_batch_fails_alone():
+    from clasp_engine.errors import ClaspError
+
+    seg = Segmenter(SegmenterConfig(variant="patch", max_side=128), backbone=FakeBackbone())
+    imgs = [scene(seed=0), b"not an image", scene(seed=1), np.zeros((2, 2, 2, 2), np.uint8)]
+    out = seg.segment_batch(imgs, errors="return")
+    assert isinstance(out[1], ClaspError) and isinstance(out[3], ClaspError)
+    assert np.array_equal(out[0].labels, seg(imgs[0]).labels)
+    assert np.array_equal(out[2].labels, seg(imgs[2]).labels)
+    with pytest.raises(ClaspError):
+        seg.segment_batch(imgs)
+    with pytest.raises(ValueError):
+        seg.segment_batch(imgs, errors="ignore")
+
+
+class _OOMOverTwo(FakeBackbone):
+    """Runs out of 'device memory' on more than two images at once (simulated on CPU)."""
+
+    def patch_features(self, images):
+        if len(images) > 2:
+            self.calls.append(-len(images))
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return super().patch_features(images)
+
+
+def test_out_of_memory_splits_the_batch():
+    imgs = _varied_scenes(5)
+    bb = _OOMOverTwo()
+    seg = Segmenter(SegmenterConfig(variant="patch", max_side=224), backbone=bb)
+    out = seg.segment_batch(imgs)
+    assert bb.calls == [-5, 2, -3, 1, 2]  # 5 -> 2 + 3 -> 2 + (1 + 2)
+    ref = Segmenter(SegmenterConfig(variant="patch", max_side=224), backbone=FakeBackbone())
+    for img, r in zip(imgs, out):
+        assert np.array_equal(r.labels, ref(img).labels)
+    single = Segmenter(SegmenterConfig(variant="patch", max_side=224), backbone=_OOMOverTwo(), max_batch=8)
+    assert single(imgs[0]).k >= 1
+
+
+def test_crf_pool_gives_the_in_process_labels():
+    imgs = _varied_scenes(3)
+    config = SegmenterConfig(variant="pixel", max_side=128)
+    pooled = Segmenter(config, backbone=FakeBackbone(), max_batch=2, crf_workers=1).segment_batch(imgs)
+    local = Segmenter(config, backbone=FakeBackbone(), max_batch=2).segment_batch(imgs)
+    for a, b in zip(pooled, local):
+        assert a.k == b.k and np.array_equal(a.labels, b.labels)
+        assert a.diagnostics.timings["crf"] > 0
+    with pytest.raises(ValueError):
+        Segmenter(config, backbone=FakeBackbone(), crf_workers=-1)

@@ -115,3 +115,29 @@ def test_tiny_graph_is_single():
     s = leading_eigenpairs(affinity(torch.rand(2, 3)), 20)
     sel = select_k(s.eigenvalues, s.eigenvectors)
     assert sel.k == 1 and sel.rule == "single"
+
+
+def test_batched_silhouettes_equal_sklearn():
+    from sklearn.metrics import silhouette_score
+
+    from clasp_engine.select_k import silhouette_scores_batch
+
+    rng = np.random.default_rng(0)
+    space = rng.standard_normal((3, 150, 5)).astype(np.float32)
+    labels = np.stack([np.stack([rng.integers(0, k, 150) for k in (2, 3, 6)]) for _ in range(3)])
+    got = silhouette_scores_batch(torch.from_numpy(space), torch.from_numpy(labels), 6)
+    for b in range(3):
+        for c in range(3):
+            assert got[b, c] == pytest.approx(silhouette_score(space[b], labels[b, c]), abs=1e-5)
+
+
+def test_select_k_batch_equals_one_by_one():
+    from clasp_engine.select_k import select_k_batch
+
+    spectra = [leading_eigenpairs(affinity(torch.as_tensor(synthetic_groups(k, seed=s)[0])), 20)
+               for k, s in ((3, 0), (4, 1), (5, 2))]
+    together = select_k_batch([s.eigenvalues for s in spectra], [s.eigenvectors for s in spectra], seeds=[0, 0, 0])
+    for s, t in zip(spectra, together):
+        alone = select_k_batch([s.eigenvalues], [s.eigenvectors], seeds=[0])[0]
+        assert (alone.k, alone.rule, alone.silhouette) == (t.k, t.rule, t.silhouette)
+        assert np.array_equal(alone.clustering.labels, t.clustering.labels)

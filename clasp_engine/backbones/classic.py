@@ -69,6 +69,10 @@ class ClassicBackbone:
             out.append(torch.from_numpy(classic_features(img)).to(self.device))
         return out
 
+    def batch_features(self, batch: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) uint8 images of one size -> (B, rows, cols, FEATURE_DIM) float32 on `device`."""
+        return torch.stack(self.patch_features(list(batch)))
+
 
 def classic_features(image: np.ndarray) -> np.ndarray:
     """(rows, cols, FEATURE_DIM) float32 standardised, weighted features of one (H, W, 3) uint8 image.

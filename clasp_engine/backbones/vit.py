@@ -148,28 +148,32 @@ class ViTBackbone:
         self._qkv = output
 
     def patch_features(self, images: list[np.ndarray]) -> list[torch.Tensor]:
-        """(rows, cols, D) float32 features per image on `device`; equal sizes share a forward pass."""
-        out: list[torch.Tensor | None] = [None] * len(images)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, img in enumerate(images):
-            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-                raise ValueError(f"image {i}: expected (H, W, 3) uint8, got {img.shape} {img.dtype}")
-            h, w = img.shape[:2]
-            if h % self.patch_size or w % self.patch_size or h == 0 or w == 0:
-                raise ValueError(f"image {i}: {h}x{w} is not a multiple of patch size {self.patch_size}; "
-                                 "use clasp_engine.images.resize_to_grid")
-            groups.setdefault((h, w), []).append(i)
-        for (h, w), idx in groups.items():
-            rows, cols = h // self.patch_size, w // self.patch_size
-            start = 0
-            while start < len(idx):
-                chunk = idx[start : start + self.batch_limits.get((h, w), self.max_batch)]
-                feats = self._forward(np.stack([images[i] for i in chunk]))
-                for j, i in enumerate(chunk):
-                    # clone() outside inference mode: callers may modify the result in place.
-                    out[i] = feats[j].reshape(rows, cols, -1).clone()
-                start += len(chunk)
-        return out  # type: ignore[return-value]
+        """(rows, cols, D) float32 features per image on `device`, one image at a time.
+
+        Batching images of one size is the segmenter's job (`Segmenter.segment_batch`),
+        which calls `batch_features`; this is the convenience for a few images.
+        """
+        return [self.batch_features(img[None])[0] for img in images]
+
+    def batch_features(self, batch: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) uint8 images of one size -> (B, rows, cols, D) float32 on `device`.
+
+        One forward pass, split into smaller ones on out-of-memory (the size that fitted is
+        remembered for later batches of that image size).
+        """
+        if batch.ndim != 4 or batch.shape[3] != 3 or batch.dtype != np.uint8:
+            raise ValueError(f"expected (B, H, W, 3) uint8 images, got {batch.shape} {batch.dtype}")
+        h, w = int(batch.shape[1]), int(batch.shape[2])
+        if h % self.patch_size or w % self.patch_size or h == 0 or w == 0:
+            raise ValueError(f"{h}x{w} is not a multiple of patch size {self.patch_size}; "
+                             "use clasp_engine.images.resize_to_grid")
+        rows, cols = h // self.patch_size, w // self.patch_size
+        parts = []
+        for start in range(0, len(batch), self.batch_limits.get((h, w), self.max_batch)):
+            chunk = batch[start : start + self.batch_limits.get((h, w), self.max_batch)]
+            parts.append(self._forward(chunk))
+        # clone() outside inference mode: callers may modify the result in place.
+        return torch.cat(parts).reshape(len(batch), rows, cols, -1).clone()
 
     def _forward(self, batch: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, rows*cols, D) float32 patch features, split on out-of-memory."""

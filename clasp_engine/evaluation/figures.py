@@ -1,4 +1,5 @@
-"""Evaluation report figures (matplotlib, Agg backend; PNG files).
+"""Evaluation report figures, built as matplotlib ``Figure`` objects (no pyplot state, no files:
+the caller writes them, e.g. ``fig.savefig(path)`` at the figure's own dpi).
 
 * `k_histogram`: the chosen K against the number of ground-truth classes per image.
 * `sorted_scores`: per-image score (mIoU or covering), sorted.
@@ -10,20 +11,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clasp_engine.metrics import IGNORE
+from clasp_engine.evaluation.metrics import IGNORE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def _pyplot():
-    import matplotlib
+def _figure(figsize: tuple[float, float], dpi: int):
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize, dpi=dpi, layout="constrained")
 
 
 def palette(n: int = 256) -> np.ndarray:
@@ -60,12 +61,13 @@ def recolour_prediction(pred: np.ndarray, segment_to_class: dict[int, int], offs
     return out
 
 
-def k_histogram(ks: list[int], n_gt: list[float], path: Path, *, gt_name: str = "ground-truth classes",
-                title: str = "") -> Path:
-    plt = _pyplot()
+def k_histogram(ks: list[int], n_gt: list[float], *, gt_name: str = "ground-truth classes",
+                title: str = "") -> Figure:
+    """The chosen K against the number of ground-truth classes (or regions) per image."""
     ks_a = np.asarray(ks, dtype=float)
     gt_a = np.asarray(n_gt, dtype=float)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    fig = _figure((10, 4), 110)
+    ax1, ax2 = fig.subplots(1, 2)
     hi = int(np.nanmax(np.concatenate([ks_a, gt_a, [1.0]]))) + 1
     bins = np.arange(0.5, hi + 1.5, 1.0)
     ax1.hist(gt_a, bins=bins, alpha=0.55, label=f"{gt_name} per image", color="tab:gray")
@@ -89,16 +91,15 @@ def k_histogram(ks: list[int], n_gt: list[float], path: Path, *, gt_name: str = 
         ax2.set_title("per image")
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def sorted_scores(scores: list[float], path: Path, *, metric: str = "mIoU", aggregate: float | None = None,
-                  title: str = "") -> Path:
-    plt = _pyplot()
+def sorted_scores(scores: list[float], *, metric: str = "mIoU", aggregate: float | None = None,
+                  title: str = "") -> Figure:
+    """Per-image scores, sorted, with the mean of images and the dataset figure."""
     vals = np.sort(np.asarray([s for s in scores if s is not None and np.isfinite(s)], dtype=float))
-    fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
+    fig = _figure((8, 4), 110)
+    ax = fig.subplots()
     x = np.arange(1, len(vals) + 1)
     ax.bar(x, vals * 100, color="tab:blue", width=0.85)
     if len(vals):
@@ -110,9 +111,7 @@ def sorted_scores(scores: list[float], path: Path, *, metric: str = "mIoU", aggr
     ax.set_ylim(0, 100)
     ax.legend(loc="upper left")
     ax.set_title(title or f"per-image {metric}, sorted")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 @dataclass
@@ -125,12 +124,13 @@ class GridRow:
     pred: np.ndarray  # (H, W) recoloured prediction (matched class ids)
 
 
-def best_worst_grid(best: list[GridRow], worst: list[GridRow], path: Path, *, metric: str = "mIoU",
-                    title: str = "") -> Path:
-    plt = _pyplot()
+def best_worst_grid(best: list[GridRow], worst: list[GridRow], *, metric: str = "mIoU",
+                    title: str = "") -> Figure:
+    """Image, ground truth and prediction side by side for the best and the worst images."""
     rows = [("best", r) for r in best] + [("worst", r) for r in worst]
     n = max(1, len(rows))
-    fig, axes = plt.subplots(n, 3, figsize=(9, 2.9 * n), squeeze=False, constrained_layout=True)
+    fig = _figure((9, 2.9 * n), 90)
+    axes = fig.subplots(n, 3, squeeze=False)
     for i, (which, r) in enumerate(rows):
         panels = (r.image, colourise(r.gt), colourise(r.pred, ignore=None))
         names = ("image", "ground truth", f"prediction (K={r.k})")
@@ -146,6 +146,4 @@ def best_worst_grid(best: list[GridRow], worst: list[GridRow], path: Path, *, me
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return fig
