@@ -13,17 +13,19 @@ import json
 import sys
 from pathlib import Path
 
+from clasp_cli.options import port_number, positive_float
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("start", "stop", "status", "env"), help="what to do (env: print export lines)")
-    parser.add_argument("--port", type=int, help="port on 127.0.0.1 (default 8080, or a free one if busy)")
+    parser.add_argument("--port", type=port_number, help="port on 127.0.0.1 (default 8080, or a free one if busy)")
     parser.add_argument("--data-dir", type=Path, help="server state (default .clasp/label-studio in the repository)")
     parser.add_argument(
         "--document-root",
         type=Path,
         help="folder Label Studio may serve images from (local-files storage); default: the repository root",
     )
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the server to be healthy")
+    parser.add_argument("--timeout", type=positive_float, default=180.0, help="seconds to wait for the server to be healthy")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 

@@ -25,13 +25,13 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError,
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clasp_engine.config import BACKBONES, DEVICES, FEATURES, VARIANTS, CRFConfig, SegmenterConfig
-from clasp_engine.errors import ClaspError
+from clasp_engine.errors import ClaspError, ConfigError
 
 _CRF = CRFConfig()
 _ENGINE = SegmenterConfig()
 
 
-class SettingsError(ClaspError, ValueError):
+class SettingsError(ConfigError):
     """One or more settings are invalid; `lines` holds one message per setting."""
 
     def __init__(self, lines: list[str]):

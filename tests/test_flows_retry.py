@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy.exc as sa_exc
 
 from clasp_engine.errors import ConfigError, InvalidImageError
-from flows import common
+from flows import retry
 
 
 def _status_error(code: int) -> httpx.HTTPStatusError:
@@ -34,7 +34,7 @@ class _ApiError(Exception):  # shaped like label_studio_sdk.core.api_error.ApiEr
     ],
 )
 def test_transient(exc):
-    assert common.is_transient(exc)
+    assert retry.is_transient(exc)
 
 
 @pytest.mark.parametrize(
@@ -50,14 +50,14 @@ def test_transient(exc):
     ],
 )
 def test_not_transient(exc):
-    assert not common.is_transient(exc)
+    assert not retry.is_transient(exc)
 
 
 def test_retry_condition_reads_the_failed_state():
     from prefect.states import Failed
 
-    assert common.retry_if_transient(None, None, Failed(data=httpx.ConnectError("refused")))
-    assert not common.retry_if_transient(None, None, Failed(data=InvalidImageError("x", "corrupt")))
+    assert retry.retry_if_transient(None, None, Failed(data=httpx.ConnectError("refused")))
+    assert not retry.retry_if_transient(None, None, Failed(data=InvalidImageError("x", "corrupt")))
 
 
 def test_retry_condition_runs_in_prefect(request):
@@ -66,7 +66,7 @@ def test_retry_condition_runs_in_prefect(request):
 
     calls = {"transient": 0, "bad": 0}
 
-    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=common.retry_if_transient)
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry.retry_if_transient)
     def flaky(kind: str) -> str:
         calls[kind] += 1
         if kind == "transient" and calls[kind] < 3:
