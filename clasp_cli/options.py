@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from integrations.settings import Settings, load_settings
+from integrations.settings import Settings, SettingsError, env_name, load_settings
 
 # settings field -> (argparse dest, flag as the user types it)
 FLAGS: dict[str, tuple[str, str]] = {
@@ -44,6 +46,36 @@ def load(args: argparse.Namespace, **extra: Any) -> Settings:
     values = {**flag_values(args), **{k: v for k, v in extra.items() if v is not None}}
     flags = {field: flag for field, (_, flag) in FLAGS.items() if field in values}
     return load_settings(flags=flags, **values)
+
+
+def setting_name(args: argparse.Namespace, field: str) -> str:
+    """The flag that set `field` if it was given, else its environment variable."""
+    dest, flag = FLAGS.get(field, (field, ""))
+    return flag if flag and getattr(args, dest, None) is not None else env_name(Settings, field)
+
+
+def check_writable_folder(path: Path, name: str) -> None:
+    """Raise SettingsError unless `path` is, or can be made, a folder this process can write in."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".clasp-write-check-"):
+            pass
+    except OSError as exc:
+        raise SettingsError([f"{name}={str(path)!r}: not a folder this user can write in ({exc.strerror or exc})"]) from None
+
+
+def check_token_file(settings: Settings, args: argparse.Namespace) -> None:
+    """Raise SettingsError when the Label Studio token is to come from a file that cannot be read."""
+    path = settings.label_studio_api_key_file
+    if settings.label_studio_api_key is not None or path is None:
+        return
+    name = setting_name(args, "label_studio_api_key_file")
+    try:
+        token = Path(path).expanduser().read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError([f"{name}={str(path)!r}: cannot read the token file ({getattr(exc, 'strerror', None) or exc})"]) from None
+    if not token:
+        raise SettingsError([f"{name}={str(path)!r}: the token file is empty"])
 
 
 def _number(kind: type, low: float, what: str):  # noqa: ANN202 - an argparse type

@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     # Every setting (flags and environment, the engine's included) is checked before any work:
     # an invalid one raises SettingsError, which `clasp_cli.main` reports in one line (exit 2).
     settings = options.load(args)
+    options.check_token_file(settings, args)
+    if not args.no_overlays:
+        options.check_writable_folder(Path(settings.output_dir), options.setting_name(args, "output_dir"))
     prepare_environment()
     demo = start_label_studio_demo() if args.label_studio_demo else None
     if demo is not None:

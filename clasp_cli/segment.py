@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Flags over CLASP_* variables, every one checked: an invalid one stops here (exit 2, one line each).
     config = options.load(args).engine_config()
+    options.check_writable_folder(args.out, "--out")
     paths, failures = image_paths(list(args.paths))
     if args.samples:
         from integrations.samples import sample_image_paths

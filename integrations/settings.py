@@ -96,7 +96,7 @@ class EngineSettings(BaseSettings):
         try:
             self.config()  # the engine's own cross-field checks (k_min <= k_max, n_eigen > k_max, ...)
         except ClaspError as exc:
-            raise ValueError(str(exc)) from None
+            raise ValueError(_engine_names(str(exc))) from None
         return self
 
     def config(self) -> SegmenterConfig:
@@ -104,6 +104,12 @@ class EngineSettings(BaseSettings):
         data = self.model_dump()
         data["weights_dir"] = str(self.weights_dir) if self.weights_dir is not None else None
         return SegmenterConfig.from_dict(data)
+
+
+def _engine_names(message: str) -> str:
+    """The engine's message with its field names (`k_min=`, `crf.iterations=`) as the variables that set them."""
+    message = re.sub(r"\bcrf\.([a-z_]+)=", lambda m: f"CLASP_CRF_{m.group(1).upper()}=", message)
+    return re.sub(r"(?<![.\w])([a-z][a-z_]*)=", lambda m: f"CLASP_{m.group(1).upper()}=", message)
 
 
 ENGINE_FIELDS = frozenset(EngineSettings.model_fields) - {"crf"}
@@ -157,7 +163,7 @@ class Settings(BaseSettings):
             "CLASP_LABEL_STUDIO_DOCUMENT_ROOT", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "label_studio_document_root"
         ),
     )
-    label_studio_data_url_max_bytes: int = Field(2 * 1024 * 1024, ge=1)
+    label_studio_data_url_max_bytes: int = Field(256 * 1024, ge=1)  # = label_studio.images.DEFAULT_DATA_URL_MAX_BYTES
 
     # --- the engine, nested (same CLASP_* names as its fields) ---
     engine: EngineSettings = Field(default_factory=EngineSettings)
@@ -255,6 +261,9 @@ def _lines(exc: ValidationError, model: type[BaseModel], flags: dict[str, str]) 
                 field = name
         key = ("crf_" if owner is CRFSettings else "") + field
         name = flags.get(key) or (env_name(owner, field) if field else "engine settings")
+        if not field:  # a check across fields: the message names them
+            out.append(str(err.get("msg", "invalid")).removeprefix("Value error, "))
+            continue
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         value = _redact(field, err.get("input"))
         shown = "" if not field or isinstance(value, dict) else f"={value!r}"
