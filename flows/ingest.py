@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import resources
 from flows.retry import transient_task
-from integrations.settings import load_settings
+from integrations.settings import check_count, load_settings
 
 
 @transient_task("register-images")
@@ -57,6 +57,8 @@ def ingest(
     now: the same bytes under two names are registered once, and unreadable
     images are recorded as failed with their reason at once.
     """
+    check_count("limit", limit, 0)
+    check_count("chunk_size", chunk_size, 1)
     logger = get_run_logger()
     url = load_settings(database_url=database_url).database_url
     if isinstance(source, (list, tuple)):

@@ -20,7 +20,7 @@ from flows.review import label_studio_configured, push_for_review, sync_reviews
 from flows.retry import transient_task
 from flows.segment import segment
 from integrations.db.session import display_url
-from integrations.settings import load_settings
+from integrations.settings import check_count, load_settings
 
 
 @task(name="run-segment-deployment", cache_policy=NO_CACHE)
@@ -70,6 +70,8 @@ def moderation_pipeline(
     """
     # database_url is passed on as given (None: each flow reads CLASP_DATABASE_URL), so a
     # password from the environment never becomes a flow parameter on the dashboard.
+    check_count("limit", limit, 0)
+    check_count("segment_runs", segment_runs, 1)
     logger = get_run_logger()
     settings = load_settings(
         database_url=database_url, batch_size=batch_size, output_dir=output_dir,

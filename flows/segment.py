@@ -33,7 +33,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import resources
 from flows.retry import is_transient, transient_task
-from integrations.settings import Settings, load_settings
+from integrations.settings import Settings, check_count, load_settings
 
 
 MAX_FAILURES_LISTED = 200  # in the flow's return value; the summary table lists reasons with counts
@@ -373,6 +373,7 @@ def segment(
     """Segment waiting images in batches until none wait (or `limit` images were claimed)."""
     from prefect.runtime import flow_run
 
+    check_count("limit", limit, 0)
     logger = get_run_logger()
     settings = load_settings(
         database_url=database_url, batch_size=batch_size, output_dir=output_dir,

@@ -280,6 +280,14 @@ def _redact(field: str, value: Any) -> Any:
     return value
 
 
+def check_count(name: str, value: int | None, minimum: int) -> None:
+    """Raise SettingsError unless `value` (a flow parameter such as `limit`; None: not given) is an int >= minimum."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SettingsError([f"{name}={value!r}: must be an integer >= {minimum}"])
+
+
 def load_settings(flags: dict[str, str] | None = None, **overrides: Any) -> Settings:
     """Settings from the environment, with the non-None `overrides` (flow parameters, CLI flags) on top.
 

@@ -107,3 +107,20 @@ def test_the_engine_config_rejects_what_would_crash_densecrf():
 def test_settings_object_still_builds_directly(monkeypatch):
     monkeypatch.setenv("CLASP_DEVICE", "cpu")
     assert Settings().device == "cpu" and Settings().engine_config().device == "cpu"
+
+
+@pytest.mark.parametrize("flow_name, kwargs, name", [
+    ("flows.ingest:ingest", {"source": "x", "limit": -1}, "limit=-1"),
+    ("flows.ingest:ingest", {"source": "x", "chunk_size": 0}, "chunk_size=0"),
+    ("flows.segment:segment", {"limit": -3}, "limit=-3"),
+    ("flows.pipeline:moderation_pipeline", {"limit": -1}, "limit=-1"),
+    ("flows.pipeline:moderation_pipeline", {"segment_runs": 0}, "segment_runs=0"),
+])
+def test_flows_reject_nonsense_parameters_before_work(flow_name, kwargs, name):
+    """A deployed flow gets no CLI in front of it: a negative limit must not drop images silently."""
+    import importlib
+
+    module, attr = flow_name.split(":")
+    flow = getattr(importlib.import_module(module), attr)
+    with pytest.raises(SettingsError, match=f"^{name}: must be an integer >= "):
+        flow.fn(**kwargs)  # the body alone: it stops before its first task or log line
