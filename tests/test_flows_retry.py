@@ -87,3 +87,15 @@ def test_retry_condition_runs_in_prefect(request):
     with pytest.raises(InvalidImageError):
         run("bad")
     assert calls["bad"] == 1
+
+
+def test_every_retried_flow_task_uses_the_one_policy():
+    """The tasks that talk to the database or Label Studio share `flows.retry`'s policy, defined once."""
+    from flows import ingest, pipeline, review, segment
+
+    tasks = [segment.prepare_batch, segment.store_batch, segment.open_run, segment.close_run, ingest.register,
+             pipeline.status_counts, review.push_task, review.sync_task]
+    for t in tasks:
+        assert (t.retries, t.retry_delay_seconds, t.retry_condition_fn) == (
+            retry.RETRIES, retry.RETRY_DELAYS, retry.retry_if_transient), t.name
+    assert not segment.prepare_batch.persist_result  # extra task options pass through
