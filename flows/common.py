@@ -27,7 +27,15 @@ def push_segmentations(database_url: str, project: str, limit: int | None, batch
 
     s = load_settings()
     labeling = LabelingConfig()
-    resolver = ImageResolver.from_env()
+    # The resolver's variables as validated by Settings (not re-read from the environment).
+    resolver = ImageResolver.from_env({
+        name: str(value) for name, value in (
+            ("CLASP_LABEL_STUDIO_IMAGE_MODE", s.label_studio_image_mode),
+            ("CLASP_LABEL_STUDIO_DOCUMENT_ROOT", s.label_studio_document_root),
+            ("CLASP_LABEL_STUDIO_DATA_URL_MAX_BYTES", s.label_studio_data_url_max_bytes),
+            ("LABEL_STUDIO_URL", s.label_studio_url),
+        ) if value is not None
+    })
     policy = RegionPolicy(
         min_area=s.label_studio_min_area, small=s.label_studio_small_segments, max_regions=s.label_studio_max_regions
     )
