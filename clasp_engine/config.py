@@ -85,8 +85,9 @@ class SegmenterConfig:
     seed: int = 0
     crf: CRFConfig = field(default_factory=CRFConfig)
     # Where local weights files are looked for (None: the backbone's default). Where the
-    # weights are found, not which: not part of the fingerprint.
-    weights_dir: str | None = None
+    # weights are found, not which: left out of to_dict(), the fingerprint and equality,
+    # so run records and model-version names do not depend on it.
+    weights_dir: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -124,13 +125,14 @@ class SegmenterConfig:
             raise ConfigError(f"crf.max_side={self.crf.max_side}: must be >= 0 (0: the original size)")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The configuration's identity, JSON-ready (without `weights_dir`)."""
+        data = dataclasses.asdict(self)
+        data.pop("weights_dir")
+        return data
 
     def fingerprint(self) -> str:
         """Short stable hash of the config (names a model version)."""
-        data = self.to_dict()
-        data.pop("weights_dir")
-        blob = json.dumps(data, sort_keys=True).encode()
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def replace(self, **changes: Any) -> "SegmenterConfig":

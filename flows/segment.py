@@ -380,7 +380,9 @@ def segment(
         backbone=backbone, variant=variant, weights=weights, max_side=max_side, device=device,
     )
     config = settings.engine_config()
-    config_json = config.to_dict()
+    config_json = config.to_dict()  # what the run records (no local paths)
+    # what the worker's tasks build the engine from: the same, plus where to look for weights
+    engine_json = {**config_json, "weights_dir": config.weights_dir}
     settings_json = settings.source_json()
     url = settings.database_url
     n = settings.batch_size
@@ -410,7 +412,7 @@ def segment(
     want = next_claim()
     pending = prepare_batch.submit(url, worker_id, want, settings_json) if want else None
     claimed_so_far += want
-    warm = load_model.submit(config_json) if want and opened["waiting"] else None
+    warm = load_model.submit(engine_json) if want and opened["waiting"] else None
     storing = None  # the previous batch's store task, running while this batch is segmented
 
     def collect(future: Any) -> None:
@@ -434,7 +436,7 @@ def segment(
             want = next_claim() if prepared.claimed == want else 0  # a short claim: the queue is empty
             pending = prepare_batch.submit(url, worker_id, want, settings_json) if want else None
             claimed_so_far += want
-            segmented = segment_batch(prepared.items, config_json)
+            segmented = segment_batch(prepared.items, engine_json)
             if storing is not None:
                 future, storing = storing, None
                 collect(future)
