@@ -83,13 +83,14 @@ def run_once(workdir: Path, source_args: list[str], backbone: str, weights: str 
 
 BASELINE = r"""
 import json, sys, time
-from clasp_engine import Segmenter, SegmenterConfig
+from clasp_engine import Segmenter
 from clasp_engine.images import load_image
+from integrations.settings import load_settings
 uris, backbone, weights, variant, batch, max_side = json.loads(sys.argv[1])
 kw = dict(backbone=backbone, variant=variant, weights=weights)
 if max_side:
     kw["max_side"] = max_side
-seg = Segmenter(SegmenterConfig.from_env(**kw))
+seg = Segmenter(load_settings(**kw).engine_config())
 images = [load_image(u) for u in uris]
 t = time.perf_counter()
 for i in range(0, len(images), batch):

@@ -30,11 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def database_url(args: argparse.Namespace) -> str:
-    if getattr(args, "database_url", None):
-        return args.database_url
-    from integrations.settings import Settings
+    """--database-url over CLASP_DATABASE_URL (every setting checked; SettingsError names a bad one)."""
+    from clasp_cli import options
 
-    return Settings().database_url
+    return options.load(args).database_url
 
 
 def run(args: argparse.Namespace) -> int:

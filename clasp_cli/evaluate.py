@@ -152,12 +152,10 @@ def run(args: argparse.Namespace) -> int:
             _err(f"--predictions {pred_dir}: not a folder (expected PRED_DIR/<id>.png)")
             return 2
     else:
-        from clasp_engine import SegmenterConfig
+        from clasp_cli import options
 
-        flags = dict(backbone=args.backbone, weights=args.weights, variant=args.variant,
-                     max_side=args.max_side, k=args.k, device=args.device, features=args.features)
         try:
-            config = SegmenterConfig.from_env(**flags)
+            config = options.load(args).engine_config()  # flags over CLASP_* variables
         except ClaspError as exc:
             _err(str(exc))
             return 2

@@ -27,13 +27,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from clasp_cli.options import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sources", nargs="+", metavar="SOURCE", help="folder, text file of URIs, glob, or one image")
     parser.add_argument("--database-url", help="database URL (default: CLASP_DATABASE_URL or sqlite:///clasp.db)")
     parser.add_argument("--no-recursive", dest="recursive", action="store_false", help="folders: top level only")
     parser.add_argument("--lazy", action="store_true", help="register URIs without reading them now")
-    parser.add_argument("--jobs", type=int, default=4, help="images read in parallel (default 4)")
+    parser.add_argument("--jobs", type=positive_int, default=4, help="images read in parallel (default 4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--migrate", action="store_true", help="upgrade a database that is behind (any backend)")
 
@@ -43,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
 
     from integrations.db import SchemaError, display_url, ensure_schema, make_session_factory
     from integrations.ingest import SourceNotFound, expand_sources, ingest_uris
-    from integrations.settings import Settings
+    from clasp_cli import options
 
-    settings = Settings()
-    url = args.database_url or settings.database_url
+    settings = options.load(args)  # --database-url over CLASP_DATABASE_URL, every setting checked
+    url = settings.database_url
     try:
         uris = expand_sources(args.sources, args.recursive)
     except SourceNotFound as exc:

@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from clasp_cli.options import port_number, positive_float
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("start", "stop", "status", "env", "backend"),
@@ -29,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="backend: also answer the coarser and finer partitions of the K search (extra predictions)")
     parser.add_argument("--backend", metavar="URL",
                         help="start: connect the ML backend at URL (e.g. http://127.0.0.1:9090) to the demo project")
-    parser.add_argument("--port", type=int,
+    parser.add_argument("--port", type=port_number,
                         help="port on 127.0.0.1 (default 8080, or a free one if busy); backend: its port (default 9090)")
     parser.add_argument("--data-dir", type=Path, help="server state (default .clasp/label-studio in the repository)")
     parser.add_argument(
@@ -37,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="folder Label Studio may serve images from (local-files storage); default: the repository root",
     )
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the server to be healthy")
+    parser.add_argument("--timeout", type=positive_float, default=180.0, help="seconds to wait for the server to be healthy")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 

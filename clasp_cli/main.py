@@ -25,6 +25,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line (`clasp run: --limit: '-1': must be ...`) and exit status 2, no usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
     parser = argparse.ArgumentParser(prog="clasp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -49,10 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = argv[0]
     module = importlib.import_module(available[name])
-    sub = argparse.ArgumentParser(prog=f"clasp {name}", description=COMMANDS[name][1])
+    sub = OneLineParser(prog=f"clasp {name}", description=COMMANDS[name][1])
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    from integrations.settings import SettingsError
+
+    try:
+        return int(module.run(args) or 0)
+    except SettingsError as exc:  # every setting is checked before any work: say which, exit 2
+        for line in exc.lines:
+            print(f"clasp {name}: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

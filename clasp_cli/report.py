@@ -61,10 +61,10 @@ def describe(stats: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from integrations.review.sync import review_statistics
     from integrations.db.session import session_scope
-    from integrations.settings import Settings
+    from clasp_cli import options
 
-    settings = Settings()
-    url = args.database_url or settings.database_url
+    settings = options.load(args)  # --database-url / --project over the environment, every setting checked
+    url = settings.database_url
     try:
         from integrations.db.schema import schema_status
 

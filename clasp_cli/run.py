@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from clasp_cli import options
 from clasp_engine.config import BACKBONES, VARIANTS
 
 # A closed network: no telemetry from the client or the local server.
@@ -39,12 +40,12 @@ DEMO_PROJECT = "CLASP demo"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", nargs="?", help="folder, glob, file of URIs (one a line) or one image URI/path")
     parser.add_argument("--samples", action="store_true", help="use the sample photos bundled with dependencies")
-    parser.add_argument("--limit", type=int, help="segment at most this many images in this run")
-    parser.add_argument("--batch-size", type=int, help="images per batch (default CLASP_BATCH_SIZE or 16)")
+    parser.add_argument("--limit", type=options.non_negative_int, help="segment at most this many images in this run")
+    parser.add_argument("--batch-size", type=options.positive_int, help="images per batch (default CLASP_BATCH_SIZE or 16)")
     parser.add_argument("--backbone", choices=BACKBONES, help="feature extractor (default CLASP_BACKBONE or auto)")
     parser.add_argument("--weights", help="weights file, or 'random' for speed tests only")
     parser.add_argument("--variant", choices=VARIANTS, help="patch (spectral only) or pixel (+DenseCRF)")
-    parser.add_argument("--max-side", type=int, help="long side the backbone sees, in pixels")
+    parser.add_argument("--max-side", type=options.positive_int, help="long side the backbone sees, in pixels")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default CLASP_DEVICE or auto")
     parser.add_argument("--database-url", help="SQLAlchemy URL (default CLASP_DATABASE_URL or sqlite:///clasp.db)")
     parser.add_argument("--out", "--output-dir", dest="output_dir", help="where overlays go (default clasp-output)")
@@ -81,6 +82,12 @@ def run(args: argparse.Namespace) -> int:
         print("clasp run: --label-studio-demo starts its own Label Studio: "
               "not with --label-studio-url, --label-studio-token-file or --no-review", file=sys.stderr)
         return 2
+    # Every setting (flags and environment, the engine's included) is checked before any work:
+    # an invalid one raises SettingsError, which `clasp_cli.main` reports in one line (exit 2).
+    settings = options.load(args)
+    options.check_token_file(settings, args)
+    if not args.no_overlays:
+        options.check_writable_folder(Path(settings.output_dir), options.setting_name(args, "output_dir"))
     prepare_environment()
     demo = start_label_studio_demo() if args.label_studio_demo else None
     if demo is not None:
@@ -93,25 +100,24 @@ def run(args: argparse.Namespace) -> int:
         os.environ.pop("LABEL_STUDIO_API_KEY", None)
     if args.quiet:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    settings = options.load(args)  # again: the demo server and the flags above changed the environment
 
     # Imported only now: prefect reads its settings at import time.
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from flows import common
     from flows.pipeline import moderation_pipeline
+    from integrations.db.schema import ensure_schema
+    from integrations.db.session import display_url
 
-    settings = common.settings(
-        database_url=args.database_url, batch_size=args.batch_size, device=args.device, output_dir=args.output_dir
-    )
     source: str | list[str] | None = args.source
     if args.samples:
         from integrations.samples import sample_image_paths
 
         source = [str(p.resolve()) for p in sample_image_paths()]
     try:
-        common.ensure_schema(settings.database_url)  # SQLite: created/upgraded; PostgreSQL: must be at head
+        ensure_schema(settings.database_url)  # SQLite: created/upgraded; PostgreSQL: must be at head
     except Exception as exc:  # noqa: BLE001 - schema behind, unreachable server, bad URL
-        print(f"clasp run: database {common.display_url(settings.database_url)}: {exc}", file=sys.stderr)
+        print(f"clasp run: database {display_url(settings.database_url)}: {exc}", file=sys.stderr)
         return 1
 
     # In-process there is nobody to notice a crashed run from its missing heartbeats,
@@ -190,7 +196,7 @@ def describe_demo(demo: dict, result: dict) -> str:
 
 
 def describe(result: dict, settings, overlays: bool = True) -> str:
-    from flows import common
+    from integrations.db.session import display_url
 
     seg = result["segment"]
     lines = ["", "CLASP moderation pipeline"]
@@ -211,7 +217,7 @@ def describe(result: dict, settings, overlays: bool = True) -> str:
             f"image I/O add {100 * seg['overhead_vs_engine']:.1f}% to it"
         )
     lines.append("Where to look:")
-    lines.append(f"  database      {common.display_url(settings.database_url)}   (clasp status)")
+    lines.append(f"  database      {display_url(settings.database_url)}   (clasp status)")
     if overlays:
         lines.append(f"  overlays      {Path(settings.output_dir) / 'overlays'}/<image id>-<name>.jpg")
     if "push" in result:

@@ -92,11 +92,14 @@ def write_outputs(result, image, out: Path, stem: str, plots: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from clasp_engine import SegmenterConfig
+    from clasp_cli import options
     from clasp_engine.errors import ClaspError, InvalidImageError
     from clasp_engine.images import load_image
     from clasp_engine.segmenter import Segmenter
 
+    # Flags over CLASP_* variables, every one checked: an invalid one stops here (exit 2, one line each).
+    config = options.load(args).engine_config()
+    options.check_writable_folder(args.out, "--out")
     paths, failures = image_paths(list(args.paths))
     if args.samples:
         from integrations.samples import sample_image_paths
@@ -109,9 +112,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     try:
-        config = SegmenterConfig.from_env(backbone=args.backbone, weights=args.weights, variant=args.variant,
-                                          max_side=args.max_side, k=args.k, device=args.device,
-                                          features=args.features)
         # The engine warns (warnings + logging) for library users; here the CLI
         # prints each of segmenter.warnings once itself, below.
         logging.getLogger("clasp_engine").addHandler(logging.NullHandler())

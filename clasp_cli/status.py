@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from clasp_cli.options import non_negative_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", help="SQLAlchemy URL (default CLASP_DATABASE_URL or sqlite:///clasp.db)")
-    parser.add_argument("--runs", type=int, default=5, help="how many of the latest runs to show (default 5)")
-    parser.add_argument("--reasons", type=int, default=10, help="how many failure reasons to show (default 10)")
+    parser.add_argument("--runs", type=non_negative_int, default=5, help="how many of the latest runs to show (default 5)")
+    parser.add_argument("--reasons", type=non_negative_int, default=10, help="how many failure reasons to show (default 10)")
     parser.add_argument("--json", action="store_true", help="print JSON: {images: {status: count}, runs, failure_reasons}")
 
 
@@ -53,9 +55,9 @@ def collect(database_url: str, runs: int = 5, reasons: int = 10) -> dict[str, An
 
 def run(args: argparse.Namespace) -> int:
     from integrations.db.schema import SchemaError, schema_status
-    from integrations.settings import Settings
+    from clasp_cli import options
 
-    url = args.database_url or Settings().database_url
+    url = options.load(args).database_url  # --database-url over CLASP_DATABASE_URL, every setting checked
     if _missing_sqlite_file(url):  # do not create an empty database just to report on it
         status = None
     else:

@@ -1,7 +1,8 @@
 """One typed configuration for the engine, with defaults and validation.
 
-Every field can be set from the CLI (`clasp segment --max-side 640`) or the
-environment (`CLASP_MAX_SIDE=640`) through `SegmenterConfig.from_env()`.
+A plain frozen dataclass: the engine reads no environment. The product's
+settings object (`integrations.settings.Settings`, CLI flags and `CLASP_*`
+variables) builds it; its `__post_init__` checks the values either way.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,10 @@ class SegmenterConfig:
     device: str = "auto"
     seed: int = 0
     crf: CRFConfig = field(default_factory=CRFConfig)
+    # Where local weights files are looked for (None: the backbone's default). Where the
+    # weights are found, not which: left out of to_dict(), the fingerprint and equality,
+    # so run records and model-version names do not depend on it.
+    weights_dir: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -107,9 +112,23 @@ class SegmenterConfig:
             raise ConfigError(f"crf.iterations={self.crf.iterations}: must be >= 1")
         if not 0.0 < self.crf.unary_confidence < 1.0:
             raise ConfigError(f"crf.unary_confidence={self.crf.unary_confidence}: must be in (0, 1)")
+        # pydensecrf divides by the kernel widths: zero or nan there is a segmentation fault.
+        for name in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb"):
+            value = getattr(self.crf, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"crf.{name}={value}: must be a finite number > 0")
+        for name in ("gaussian_compat", "bilateral_compat"):
+            value = getattr(self.crf, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"crf.{name}={value}: must be a finite number >= 0")
+        if self.crf.max_side < 0:
+            raise ConfigError(f"crf.max_side={self.crf.max_side}: must be >= 0 (0: the original size)")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The configuration's identity, JSON-ready (without `weights_dir`)."""
+        data = dataclasses.asdict(self)
+        data.pop("weights_dir")
+        return data
 
     def fingerprint(self) -> str:
         """Short stable hash of the config (names a model version)."""
@@ -126,33 +145,3 @@ class SegmenterConfig:
         data = dict(data)
         crf = CRFConfig(**data.pop("crf", {}))
         return cls(crf=crf, **data)
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "SegmenterConfig":
-        """Defaults, then `CLASP_<FIELD>` / `CLASP_CRF_<FIELD>` variables, then overrides."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name == "crf":
-                continue
-            raw = env.get(f"CLASP_{f.name.upper()}")
-            if raw is not None and raw != "":
-                values[f.name] = _parse(f.name, raw, f.type)
-        for f in dataclasses.fields(CRFConfig):
-            raw = env.get(f"CLASP_CRF_{f.name.upper()}")
-            if raw is not None and raw != "":
-                values[f"crf_{f.name}"] = _parse(f"crf_{f.name}", raw, f.type)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls().replace(**values)
-
-
-def _parse(name: str, raw: str, type_name: Any) -> Any:
-    t = str(type_name)
-    try:
-        if t.startswith("int"):
-            return int(raw)
-        if t.startswith("float"):
-            return float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"CLASP_{name.upper()}={raw!r}: expected a number") from exc
-    return raw

@@ -92,7 +92,8 @@ class Segmenter:
         if backbone is None:
             from clasp_engine.backbones import create_backbone, resolve_device
 
-            backbone = create_backbone(self.config, resolve_device(self.config.device))
+            backbone = create_backbone(self.config, resolve_device(self.config.device),
+                                       weights_dir=self.config.weights_dir)
         self.backbone = backbone
         self.warnings = self._backbone_warnings()
 

@@ -5,6 +5,10 @@
 - `flows.review.push_for_review` / `flows.review.sync_reviews`: Label Studio hand-off;
 - `flows.pipeline.moderation_pipeline`: the parent flow (`clasp run`, the scheduled queue).
 
+Shared by all of them: `flows.retry` (the one retry policy: `transient_task`) and
+`flows.resources` (the per-process Segmenter and database-engine caches). Settings
+come from `integrations.settings.load_settings`.
+
 Flows only orchestrate: SQL lives in `integrations.db`, HTTP in `integrations.sources`
 and `integrations.label_studio`, array maths in `clasp_engine`. Deployments: prefect.yaml.
 """

@@ -13,25 +13,33 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import common
+from flows import resources
+from flows.retry import transient_task
+from integrations.settings import check_count, load_settings
 
 
-@task(
-    name="register-images",
-    retries=common.RETRIES,
-    retry_delay_seconds=common.RETRY_DELAYS,
-    retry_condition_fn=common.retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@transient_task("register-images")
 def register(database_url: str, uris: list[str], hash_content: bool = False) -> dict[str, Any]:
-    """Register a chunk of URIs; with `hash_content`, read each image first (dedupe by content)."""
-    with common.session(database_url) as session:
-        return common.register_images(session, uris, common.settings(), hash_content)
+    """Register a chunk of URIs as waiting, idempotently, in one transaction.
+
+    With `hash_content` each image is read, hashed and decode-checked first (8 threads),
+    the same bytes under two names registered once, an unreadable one recorded with its reason.
+    """
+    from integrations.ingest import ingest_uris
+
+    with resources.session(database_url) as session:
+        result = ingest_uris(session, uris, load_settings(), lazy=not hash_content, jobs=8, chunk=len(uris))
+    counts = result.counts()
+    return {"registered": counts["new"], "already_known": counts["known"], "unreadable": counts["unreadable"]}
 
 
 @task(name="list-source", cache_policy=NO_CACHE)
 def list_source(source: str, limit: int | None) -> list[str]:
-    return common.source_uris(source, limit)
+    """The image URIs a source names: a folder (recursive), a glob, a text file of URIs, or one URI."""
+    from integrations.ingest import expand_source
+
+    uris = expand_source(source)
+    return uris[:limit] if limit is not None else uris
 
 
 @flow(name="ingest")
@@ -49,8 +57,10 @@ def ingest(
     now: the same bytes under two names are registered once, and unreadable
     images are recorded as failed with their reason at once.
     """
+    check_count("limit", limit, 0)
+    check_count("chunk_size", chunk_size, 1)
     logger = get_run_logger()
-    url = common.settings(database_url=database_url).database_url
+    url = load_settings(database_url=database_url).database_url
     if isinstance(source, (list, tuple)):
         uris = [str(u) for u in source][: limit if limit is not None else None]
     else:

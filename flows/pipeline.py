@@ -14,10 +14,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import common
+from flows import resources
 from flows.ingest import ingest
 from flows.review import label_studio_configured, push_for_review, sync_reviews
+from flows.retry import transient_task
 from flows.segment import segment
+from integrations.db.session import display_url
+from integrations.settings import check_count, load_settings
 
 
 @task(name="run-segment-deployment", cache_policy=NO_CACHE)
@@ -30,11 +33,13 @@ def run_segment_deployment(deployment: str, parameters: dict[str, Any], index: i
     return {"flow_run_id": str(run.id), "name": run.name, "state": state.type.value if state else None}
 
 
-@task(name="status-counts", cache_policy=NO_CACHE, retries=common.RETRIES, retry_delay_seconds=common.RETRY_DELAYS,
-      retry_condition_fn=common.retry_if_transient)
+@transient_task("status-counts")
 def status_counts(database_url: str) -> dict[str, int]:
-    with common.session(database_url) as session:
-        return common.counts_by_status(session)
+    """Images per status, every status present (zeros included)."""
+    from integrations.db import repository as repo
+
+    with resources.session(database_url) as session:
+        return repo.counts_by_status(session)
 
 
 @flow(name="moderation_pipeline", task_runner=ThreadPoolTaskRunner(max_workers=8))
@@ -65,8 +70,13 @@ def moderation_pipeline(
     """
     # database_url is passed on as given (None: each flow reads CLASP_DATABASE_URL), so a
     # password from the environment never becomes a flow parameter on the dashboard.
+    check_count("limit", limit, 0)
+    check_count("segment_runs", segment_runs, 1)
     logger = get_run_logger()
-    settings = common.settings(database_url=database_url, batch_size=batch_size, device=device, output_dir=output_dir)
+    settings = load_settings(
+        database_url=database_url, batch_size=batch_size, output_dir=output_dir,
+        backbone=backbone, variant=variant, weights=weights, max_side=max_side, device=device,
+    )
     url = settings.database_url
     result: dict[str, Any] = {}
     if source:
@@ -100,7 +110,7 @@ def moderation_pipeline(
         result["review"] = {"skipped": True, "reason": reason}
     create_markdown_artifact(
         key="moderation-pipeline",
-        markdown=_markdown(result, common.display_url(url), settings, project),
+        markdown=_markdown(result, display_url(url), settings, project),
         description="What this run did and where to look",
     )
     return result

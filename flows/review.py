@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
-from flows import common
+from flows import resources
+from flows.retry import transient_task
+from integrations.settings import load_settings
 from integrations.review.push import push_to_project
 from integrations.review.sync import pull_from_project
 
@@ -22,28 +23,16 @@ def label_studio_configured(settings: Any) -> bool:
     return bool(settings.label_studio_url) and settings.label_studio_token() is not None
 
 
-@task(
-    name="push-segmentations",
-    retries=common.RETRIES,
-    retry_delay_seconds=common.RETRY_DELAYS,
-    retry_condition_fn=common.retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@transient_task("push-segmentations")
 def push_task(database_url: str, project: str, limit: int | None, batch_size: int) -> dict[str, Any]:
-    with common.session(database_url) as db:
-        return push_to_project(db, common.settings(), project, limit=limit, batch_size=batch_size)
+    with resources.session(database_url) as db:
+        return push_to_project(db, load_settings(), project, limit=limit, batch_size=batch_size)
 
 
-@task(
-    name="sync-reviews",
-    retries=common.RETRIES,
-    retry_delay_seconds=common.RETRY_DELAYS,
-    retry_condition_fn=common.retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@transient_task("sync-reviews")
 def sync_task(database_url: str, project: str) -> dict[str, Any]:
-    with common.session(database_url) as db:
-        return pull_from_project(db, common.settings(), project)
+    with resources.session(database_url) as db:
+        return pull_from_project(db, load_settings(), project)
 
 
 def _link(result: dict[str, Any], project: str) -> None:
@@ -66,7 +55,7 @@ def push_for_review(
 ) -> dict[str, Any]:
     """Send segmented images (not yet sent) to the Label Studio project as brush pre-annotations."""
     logger = get_run_logger()
-    settings = common.settings(database_url=database_url)
+    settings = load_settings(database_url=database_url)
     project = project or settings.label_studio_project
     if not label_studio_configured(settings):
         logger.warning("Label Studio is not configured (LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY): nothing pushed")
@@ -86,7 +75,7 @@ def push_for_review(
 def sync_reviews(project: str | None = None, database_url: str | None = None) -> dict[str, Any]:
     """Bring finished reviews of the project back into SQL."""
     logger = get_run_logger()
-    settings = common.settings(database_url=database_url)
+    settings = load_settings(database_url=database_url)
     project = project or settings.label_studio_project
     if not label_studio_configured(settings):
         logger.warning("Label Studio is not configured: no reviews to sync")

@@ -8,7 +8,7 @@ stages overlap, so the accelerator rarely waits for the database or the disk:
     thread B:  store_batch(i-1)     masks + diagnostics + failures in one transaction, overlays
 
 - The Segmenter (and its model) is built once per worker process and reused
-  (`flows.common.get_segmenter`); DenseCRF runs batched inside `segment_batch`.
+  (`flows.resources.get_segmenter`); DenseCRF runs batched inside `segment_batch`.
 - One bad image fails alone, with its reason, in SQL; the rest of its batch goes on.
 - A batch whose task crashes leaves its images claimed: their lease expires and
   the next run (or another worker) reclaims them.
@@ -31,8 +31,9 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import common
-from integrations.settings import Settings
+from flows import resources
+from flows.retry import is_transient, transient_task
+from integrations.settings import Settings, check_count, load_settings
 
 
 MAX_FAILURES_LISTED = 200  # in the flow's return value; the summary table lists reasons with counts
@@ -103,14 +104,7 @@ def _add_seconds(into: dict[str, float], key: str, value: float) -> None:
 
 
 # ---------------------------------------------------------------- tasks
-@task(
-    name="prepare-batch",
-    retries=common.RETRIES,
-    retry_delay_seconds=common.RETRY_DELAYS,
-    retry_condition_fn=common.retry_if_transient,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@transient_task("prepare-batch", persist_result=False)
 def prepare_batch(
     database_url: str, worker_id: str, n: int, settings_json: dict[str, Any], decode_side: int | None = None
 ) -> Prepared:
@@ -127,7 +121,7 @@ def prepare_batch(
     settings = Settings(**settings_json)
     out = Prepared()
     t0 = time.perf_counter()
-    with common.session(database_url) as session:
+    with resources.session(database_url) as session:
         # claim_batch first puts expired leases back in the queue (crashed workers).
         claimed = repo.claim_batch(session, worker_id, n, settings.lease_seconds, max_attempts=settings.max_attempts)
     rows = [(img.id, img.uri) for img in claimed]
@@ -143,7 +137,7 @@ def prepare_batch(
             data = sources.read_image_bytes(uri, settings)
             return image_id, uri, data, None, time.perf_counter() - t
         except Exception as exc:  # SourceError names the reason and whether a retry may help
-            retryable = bool(getattr(exc, "retryable", False)) or common.is_transient(exc)
+            retryable = bool(getattr(exc, "retryable", False)) or is_transient(exc)
             return image_id, uri, None, Failure(image_id, uri, "read", _reason(exc), retryable), time.perf_counter() - t
 
     with ThreadPoolExecutor(max_workers=min(8, len(rows))) as pool:  # I/O bound: overlap downloads
@@ -169,7 +163,7 @@ def prepare_batch(
             out.failures.append(Failure(image_id, uri, "decode", _reason(exc)))
         _add_seconds(out.seconds, "decode", time.perf_counter() - t)
     if deferred:
-        with common.session(database_url) as session:
+        with resources.session(database_url) as session:
             repo.release_claims(session, worker_id, deferred)
         out.claimed -= len(deferred)
     return out
@@ -181,7 +175,7 @@ def load_model(config_json: dict[str, Any]) -> float:
     from clasp_engine import SegmenterConfig
 
     t = time.perf_counter()
-    common.get_segmenter(SegmenterConfig.from_dict(config_json))
+    resources.get_segmenter(SegmenterConfig.from_dict(config_json))
     return time.perf_counter() - t
 
 
@@ -195,15 +189,15 @@ def segment_batch(items: list[Item], config_json: dict[str, Any]) -> Segmented:
     if not items:
         return out
     t = time.perf_counter()
-    seg = common.get_segmenter(SegmenterConfig.from_dict(config_json))  # built once per process
+    seg = resources.get_segmenter(SegmenterConfig.from_dict(config_json))  # built once per process
     out.seconds["model_load"] = time.perf_counter() - t
     t0 = time.perf_counter()
-    with common.accelerator_lock:
+    with resources.accelerator_lock:
         try:
             results = seg.segment_batch([it.image for it in items])
             out.done = list(zip(items, results))
         except Exception as batch_exc:
-            if common.is_transient(batch_exc):
+            if is_transient(batch_exc):
                 raise
             logger = get_run_logger()
             logger.warning("batch call failed (%s); segmenting its %d images one by one", batch_exc, len(items))
@@ -216,14 +210,7 @@ def segment_batch(items: list[Item], config_json: dict[str, Any]) -> Segmented:
     return out
 
 
-@task(
-    name="store-batch",
-    retries=common.RETRIES,
-    retry_delay_seconds=common.RETRY_DELAYS,
-    retry_condition_fn=common.retry_if_transient,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@transient_task("store-batch", persist_result=False)
 def store_batch(
     database_url: str,
     run_id: Any,
@@ -286,7 +273,7 @@ def _store(
 
     max_attempts = int(settings_json.get("max_attempts", 3))
     statuses: dict[int, str] = {}
-    with common.session(database_url) as session:
+    with resources.session(database_url) as session:
         try:
             for item, segmentation in done:
                 repo.store_segmentation(session, item.image_id, run_id, segmentation, worker_id, commit=False)
@@ -302,7 +289,7 @@ def _store(
     # Slow path: one transaction per image, skipping those another worker now holds.
     lost: set[int] = set()
     statuses.clear()
-    with common.session(database_url) as session:
+    with resources.session(database_url) as session:
         for item, segmentation in done:
             try:
                 repo.store_segmentation(session, item.image_id, run_id, segmentation, worker_id)
@@ -345,20 +332,14 @@ def _reason(exc: BaseException) -> str:
     return text[:500]
 
 
-@task(
-    name="open-run",
-    retries=common.RETRIES,
-    retry_delay_seconds=common.RETRY_DELAYS,
-    retry_condition_fn=common.retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@transient_task("open-run")
 def open_run(
     database_url: str, config_json: dict[str, Any], worker_id: str, flow_run_id: str | None, max_attempts: int
 ) -> dict[str, Any]:
     """Put expired leases back in the queue, open a run row, count what waits."""
     from integrations import db as repo
 
-    with common.session(database_url) as session:
+    with resources.session(database_url) as session:
         reclaimed = repo.reclaim_expired(session, max_attempts=max_attempts)
         run_id = repo.start_run(
             session, config_json, worker_id=worker_id, orchestrator_run_id=flow_run_id or None,
@@ -368,17 +349,11 @@ def open_run(
     return {"run_id": run_id, "reclaimed": reclaimed.requeued, "failed_after_leases": reclaimed.failed, "waiting": waiting}
 
 
-@task(
-    name="close-run",
-    retries=common.RETRIES,
-    retry_delay_seconds=common.RETRY_DELAYS,
-    retry_condition_fn=common.retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@transient_task("close-run")
 def close_run(database_url: str, run_id: Any, status: str, backbone: str | None, device: str | None) -> dict[str, Any]:
     from integrations import db as repo
 
-    with common.session(database_url) as session:
+    with resources.session(database_url) as session:
         summary = repo.finish_run(session, run_id, status=status, backbone=backbone, device=device)
     return {"n_segmented": summary.n_segmented, "n_failed": summary.n_failed}
 
@@ -391,7 +366,7 @@ def give_back(database_url: str, worker_id: str, pending: Any) -> None:
         prepared: Prepared = pending.result()
         ids = [it.image_id for it in prepared.items] + [f.image_id for f in prepared.failures]
         if ids:
-            with common.session(database_url) as session:
+            with resources.session(database_url) as session:
                 repo.release_claims(session, worker_id, ids)
     except BaseException:  # best effort: the lease expiry covers the rest
         pass
@@ -414,14 +389,20 @@ def segment(
     """Segment waiting images in batches until none wait (or `limit` images were claimed)."""
     from prefect.runtime import flow_run
 
+    check_count("limit", limit, 0)
     logger = get_run_logger()
-    settings = common.settings(database_url=database_url, batch_size=batch_size, device=device, output_dir=output_dir)
-    config = common.engine_config(backbone, variant, weights, max_side, settings.device)
-    config_json = config.to_dict()
-    settings_json = common.settings_json(settings)
+    settings = load_settings(
+        database_url=database_url, batch_size=batch_size, output_dir=output_dir,
+        backbone=backbone, variant=variant, weights=weights, max_side=max_side, device=device,
+    )
+    config = settings.engine_config()
+    config_json = config.to_dict()  # what the run records (no local paths)
+    # what the worker's tasks build the engine from: the same, plus where to look for weights
+    engine_json = {**config_json, "weights_dir": config.weights_dir}
+    settings_json = settings.source_json()
     url = settings.database_url
     n = settings.batch_size
-    worker_id = common.new_worker_id()
+    worker_id = resources.new_worker_id()
     overlay_dir = str(Path(settings.output_dir) / "overlays") if overlays else None
 
     t_start = time.perf_counter()
@@ -447,7 +428,7 @@ def segment(
     want = next_claim()
     pending = prepare_batch.submit(url, worker_id, want, settings_json, config.max_side) if want else None
     claimed_so_far += want
-    warm = load_model.submit(config_json) if want and opened["waiting"] else None
+    warm = load_model.submit(engine_json) if want and opened["waiting"] else None
     storing = None  # the previous batch's store task, running while this batch is segmented
 
     def collect(future: Any) -> None:
@@ -471,7 +452,7 @@ def segment(
             want = next_claim() if prepared.claimed == want else 0  # a short claim: the queue is empty
             pending = prepare_batch.submit(url, worker_id, want, settings_json, config.max_side) if want else None
             claimed_so_far += want
-            segmented = segment_batch(prepared.items, config_json)
+            segmented = segment_batch(prepared.items, engine_json)
             if storing is not None:
                 future, storing = storing, None
                 collect(future)

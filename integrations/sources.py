@@ -351,12 +351,9 @@ PINNED_HOST_PROTOCOLS = frozenset({"ftp", "sftp", "ssh", "smb"})
 def allowed_schemes(settings: Settings) -> frozenset[str]:
     """Schemes allowed explicitly although their target cannot be checked.
 
-    From `settings.allowed_schemes` when the settings carry it, else the
-    CLASP_ALLOWED_SCHEMES environment variable (comma-separated, e.g. "s3,gs").
+    `settings.allowed_schemes` (CLASP_ALLOWED_SCHEMES, comma-separated, e.g. "s3,gs").
     """
-    value = getattr(settings, "allowed_schemes", None)
-    if value is None:
-        value = os.environ.get("CLASP_ALLOWED_SCHEMES", "")
+    value = settings.allowed_schemes
     if isinstance(value, str):
         value = value.split(",")
     return frozenset(str(v).strip().lower() for v in value if str(v).strip())
@@ -525,22 +522,16 @@ class FetchedImage:
         return len(self.data)
 
 
-DEFAULT_MAX_BATCH_PIXELS = 150_000_000
 
 
 def max_batch_pixels(settings: Settings) -> int:
     """Decoded pixels one worker batch may hold (3 bytes each as RGB).
 
-    From `settings.max_batch_pixels` when the settings carry it, else
-    CLASP_MAX_BATCH_PIXELS, else 150 million (450 MB of RGB; safe on a 24 GB
-    machine with the engine's working copies). A batch always takes at least one
+    `settings.max_batch_pixels` (CLASP_MAX_BATCH_PIXELS, default 150 million: 450 MB
+    of RGB; safe on a 24 GB machine with the engine's working copies). A batch always takes at least one
     image; the rest of a batch over the budget is given back to the queue.
     """
-    value = getattr(settings, "max_batch_pixels", None)
-    if value is None:
-        raw = os.environ.get("CLASP_MAX_BATCH_PIXELS", "").strip()
-        value = int(raw) if raw else DEFAULT_MAX_BATCH_PIXELS
-    return int(value)
+    return int(settings.max_batch_pixels)
 
 
 def check_image(uri: str, data: bytes, settings: Settings) -> np.ndarray:

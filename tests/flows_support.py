@@ -71,29 +71,30 @@ def postgres_database():
     try:
         yield url
     finally:
-        from flows import common
+        from flows import resources
 
-        common.dispose_engines()
+        resources.dispose_engines()
         drop_pg_database(url)
 
 
 @contextlib.contextmanager
 def database(kind: str, tmp_path: Path):
     """A migrated, empty database of `kind` ("sqlite" or "postgres")."""
-    from flows import common
+    from flows import resources
+    from integrations.db.schema import ensure_schema
 
     if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'clasp.db'}"
-        common.ensure_schema(url)
+        ensure_schema(url)
         try:
             yield url
         finally:
-            common.dispose_engines()
+            resources.dispose_engines()
         return
     if not postgres_available():
         pytest.skip("needs PostgreSQL on 127.0.0.1:5432 (trust auth)")
     with postgres_database() as url:
-        common.ensure_schema(url, upgrade=True)
+        ensure_schema(url, upgrade=True)
         yield url
 
 
@@ -110,14 +111,15 @@ WORKER_SCRIPT = r"""
 import json, sys, time
 from pathlib import Path
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from flows import common
+from flows import resources
 from flows.segment import segment
+from integrations.settings import load_settings
 
 url, ready, go, batch_size = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 # pixel variant (DenseCRF): enough work per image that both workers are still
 # claiming when the slower one's flow run has started
 fast = dict(backbone="classic", variant="pixel", max_side=160)
-common.get_segmenter(common.engine_config(device="auto", **fast))  # the model, loaded once
+resources.get_segmenter(load_settings(device="auto", **fast).engine_config())  # the model, loaded once
 ready.touch()
 while not go.exists():
     time.sleep(0.02)

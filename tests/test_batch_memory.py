@@ -9,7 +9,6 @@ import numpy as np
 from conftest_db import db_url, migrated_url, pg_url, sqlite_url  # noqa: F401
 from PIL import Image
 
-from flows import common
 from flows.segment import prepare_batch
 from integrations.db import counts_by_status, make_engine, make_session_factory, register_images
 from integrations.db.models import Image as ImageRow
@@ -42,7 +41,7 @@ def test_batch_over_the_pixel_budget_gives_the_rest_back(migrated_url, tmp_path,
     uris = [_jpeg(tmp_path / f"big-{i}.jpg", i) for i in range(3)]  # 3 MP each at full size
     _register(migrated_url, uris)
     monkeypatch.setenv("CLASP_MAX_BATCH_PIXELS", "5000000")
-    settings_json = common.settings_json(Settings())
+    settings_json = Settings().source_json()
 
     full = prepare_batch.fn(migrated_url, "w1", 3, settings_json)  # no draft: one image fits
     assert len(full.items) == 1 and full.items[0].image.shape == (1500, 2000, 3)
@@ -59,5 +58,5 @@ def test_batch_over_the_pixel_budget_gives_the_rest_back(migrated_url, tmp_path,
 def test_a_single_image_over_the_budget_is_still_decoded(migrated_url, tmp_path, monkeypatch):
     _register(migrated_url, [_jpeg(tmp_path / "one.jpg", 0)])
     monkeypatch.setenv("CLASP_MAX_BATCH_PIXELS", "1000")
-    out = prepare_batch.fn(migrated_url, "w", 4, common.settings_json(Settings()))
+    out = prepare_batch.fn(migrated_url, "w", 4, Settings().source_json())
     assert len(out.items) == 1  # a batch always takes one image: no starvation

@@ -76,10 +76,11 @@ def test_process_worker_runs_a_triggered_segment_deployment(request, shared_data
     fs.ensure_harness(request)
     paths = fs.shared_images(shared_data, limit=5)
     url = f"sqlite:///{tmp_path / 'clasp.db'}"
-    from flows import common
+    from flows import resources
+    from integrations.db.schema import ensure_schema
     from flows.ingest import ingest
 
-    common.ensure_schema(url)
+    ensure_schema(url)
     ingest([str(p) for p in paths], database_url=url)
 
     env = fs.worker_env()
@@ -130,9 +131,9 @@ def test_process_worker_runs_a_triggered_segment_deployment(request, shared_data
 
     from integrations.db.models import Image, SegmentationRecord
 
-    with common.session(url) as s:
+    with resources.session(url) as s:
         statuses = s.execute(sa.select(Image.status)).scalars().all()
         n_seg = s.execute(sa.select(sa.func.count()).select_from(SegmentationRecord)).scalar_one()
-    common.dispose_engines()
+    resources.dispose_engines()
     assert set(statuses) == {"segmented"}, log
     assert n_seg == len(paths)

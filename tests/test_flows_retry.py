@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy.exc as sa_exc
 
 from clasp_engine.errors import ConfigError, InvalidImageError
-from flows import common
+from flows import retry
 
 
 def _status_error(code: int) -> httpx.HTTPStatusError:
@@ -34,7 +34,7 @@ class _ApiError(Exception):  # shaped like label_studio_sdk.core.api_error.ApiEr
     ],
 )
 def test_transient(exc):
-    assert common.is_transient(exc)
+    assert retry.is_transient(exc)
 
 
 @pytest.mark.parametrize(
@@ -50,14 +50,14 @@ def test_transient(exc):
     ],
 )
 def test_not_transient(exc):
-    assert not common.is_transient(exc)
+    assert not retry.is_transient(exc)
 
 
 def test_retry_condition_reads_the_failed_state():
     from prefect.states import Failed
 
-    assert common.retry_if_transient(None, None, Failed(data=httpx.ConnectError("refused")))
-    assert not common.retry_if_transient(None, None, Failed(data=InvalidImageError("x", "corrupt")))
+    assert retry.retry_if_transient(None, None, Failed(data=httpx.ConnectError("refused")))
+    assert not retry.retry_if_transient(None, None, Failed(data=InvalidImageError("x", "corrupt")))
 
 
 def test_retry_condition_runs_in_prefect(request):
@@ -66,7 +66,7 @@ def test_retry_condition_runs_in_prefect(request):
 
     calls = {"transient": 0, "bad": 0}
 
-    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=common.retry_if_transient)
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry.retry_if_transient)
     def flaky(kind: str) -> str:
         calls[kind] += 1
         if kind == "transient" and calls[kind] < 3:
@@ -87,3 +87,15 @@ def test_retry_condition_runs_in_prefect(request):
     with pytest.raises(InvalidImageError):
         run("bad")
     assert calls["bad"] == 1
+
+
+def test_every_retried_flow_task_uses_the_one_policy():
+    """The tasks that talk to the database or Label Studio share `flows.retry`'s policy, defined once."""
+    from flows import ingest, pipeline, review, segment
+
+    tasks = [segment.prepare_batch, segment.store_batch, segment.open_run, segment.close_run, ingest.register,
+             pipeline.status_counts, review.push_task, review.sync_task]
+    for t in tasks:
+        assert (t.retries, t.retry_delay_seconds, t.retry_condition_fn) == (
+            retry.RETRIES, retry.RETRY_DELAYS, retry.retry_if_transient), t.name
+    assert not segment.prepare_batch.persist_result  # extra task options pass through

@@ -46,7 +46,7 @@ def _artifact_links(key: str) -> list[str]:
 def test_pipeline_pushes_to_label_studio_and_syncs_reviews(label_studio_server, shared_data, tmp_path, monkeypatch):
     import sqlalchemy as sa
 
-    from flows import common
+    from flows import resources
     from flows.pipeline import moderation_pipeline
     from flows.review import sync_reviews
     from integrations.db.models import Image, ReviewLink
@@ -72,7 +72,7 @@ def test_pipeline_pushes_to_label_studio_and_syncs_reviews(label_studio_server, 
         assert push["project_url"].startswith(creds.url) and f"/projects/{push['project_id']}" in push["project_url"]
         assert push["project_url"] in str(_artifact_links("label-studio-project"))
 
-        with common.session(url) as s:
+        with resources.session(url) as s:
             assert set(s.execute(sa.select(Image.status)).scalars()) == {"sent_for_review"}
             link = s.execute(sa.select(ReviewLink).order_by(ReviewLink.id)).scalars().first()
             task_id, image_id = link.ls_task_id, link.image_id
@@ -81,7 +81,7 @@ def test_pipeline_pushes_to_label_studio_and_syncs_reviews(label_studio_server, 
 
         # A reviewer accepts the proposal of one task as it is.
         with LabelStudioClient(creds.url, creds.token()) as client:
-            with common.session(url) as s:
+            with resources.session(url) as s:
                 task_ids = list(s.execute(sa.select(ReviewLink.ls_task_id)).scalars())
             region_counts = [len(client.task_predictions(t)[0]["result"]) for t in task_ids]
             assert region_counts == [1, 1, 1], region_counts  # CLASP_LABEL_STUDIO_MAX_REGIONS reached the push
@@ -90,7 +90,7 @@ def test_pipeline_pushes_to_label_studio_and_syncs_reviews(label_studio_server, 
 
         synced = sync_reviews(project=project, database_url=url)
         assert synced["synced"] == 1 and synced["reviews_new"] == 1, synced
-        with common.session(url) as s:
+        with resources.session(url) as s:
             assert s.get(Image, image_id).status == "reviewed"
 
         # Pushing again sends nothing twice.

@@ -35,21 +35,21 @@ def db_url(request, tmp_path):
 def _segmentation_counts(url: str) -> Counter:
     import sqlalchemy as sa
 
-    from flows import common
+    from flows import resources
     from integrations.db.models import SegmentationRecord
 
-    with common.session(url) as s:
-        rows = s.execute(sa.select(SegmentationRecord.image_id)).scalars().all()
+    with resources.session(url) as s:
+        rows = s.execute(sa.select(Segmentation.image_id)).scalars().all()
     return Counter(rows)
 
 
 def _images(url: str) -> list:
     import sqlalchemy as sa
 
-    from flows import common
+    from flows import resources
     from integrations.db.models import Image
 
-    with common.session(url) as s:
+    with resources.session(url) as s:
         return list(s.execute(sa.select(Image).order_by(Image.id)).scalars().all())
 
 
@@ -78,7 +78,7 @@ def _pipeline(url, source, tmp_path, **kw):
 def test_run_over_shared_data_stores_one_segmentation_per_image(db_url, shared_data, tmp_path):
     import sqlalchemy as sa
 
-    from flows import common
+    from flows import resources
     from integrations.db.models import SegmentationRecord
 
     paths = fs.shared_images(shared_data)
@@ -89,7 +89,7 @@ def test_run_over_shared_data_stores_one_segmentation_per_image(db_url, shared_d
     counts = _segmentation_counts(db_url)
     assert len(counts) == len(paths) and set(counts.values()) == {1}
     assert {im.status for im in _images(db_url)} == {"segmented"}
-    with common.session(db_url) as s:
+    with resources.session(db_url) as s:
         for row in s.execute(sa.select(SegmentationRecord)).scalars():
             d = row.diagnostics
             assert d["k"] == row.k >= 1
@@ -200,7 +200,7 @@ def test_crashed_batch_is_reclaimed_after_its_lease(shared_data, tmp_path, monke
 
     import sqlalchemy as sa
 
-    from flows import common
+    from flows import resources
     from flows.ingest import ingest
     from flows.segment import segment
     from integrations import db as repo
@@ -222,7 +222,7 @@ def test_crashed_batch_is_reclaimed_after_its_lease(shared_data, tmp_path, monke
         # Nothing to do until the lease expires ...
         assert segment(database_url=url, batch_size=4, overlays=False, **fs.FAST)["done"] == 0
         # ... then the next run reclaims and finishes them.
-        with common.session(url) as s:
+        with resources.session(url) as s:
             s.execute(sa.update(Image).values(lease_expires_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)))
             s.commit()
         again = segment(database_url=url, batch_size=4, overlays=False, **fs.FAST)
@@ -232,7 +232,7 @@ def test_crashed_batch_is_reclaimed_after_its_lease(shared_data, tmp_path, monke
 
 def test_model_is_loaded_once_per_process(shared_data, tmp_path, monkeypatch):
     from clasp_engine import SegmenterConfig
-    from flows import common
+    from flows import resources
 
     built: list = []
     import clasp_engine.segmenter as engine_segmenter
@@ -245,12 +245,12 @@ def test_model_is_loaded_once_per_process(shared_data, tmp_path, monkeypatch):
             super().__init__(*a, **k)
 
     monkeypatch.setattr(engine_segmenter, "Segmenter", Counting)
-    monkeypatch.setattr(common, "_segmenters", {})
+    monkeypatch.setattr(resources, "_segmenters", {})
     cfg = SegmenterConfig(**fs.FAST)
-    a = common.get_segmenter(cfg)
-    b = common.get_segmenter(SegmenterConfig(**fs.FAST))
+    a = resources.get_segmenter(cfg)
+    b = resources.get_segmenter(SegmenterConfig(**fs.FAST))
     assert a is b and len(built) == 1
-    common.get_segmenter(cfg.replace(max_side=160))
+    resources.get_segmenter(cfg.replace(max_side=160))
     assert len(built) == 2
 
 
