@@ -522,8 +522,6 @@ class FetchedImage:
         return len(self.data)
 
 
-
-
 def max_batch_pixels(settings: Settings) -> int:
     """Decoded pixels one worker batch may hold (3 bytes each as RGB).
 
