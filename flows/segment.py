@@ -31,7 +31,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import common
+from flows import common, dashboard, gpu_slots, timeouts  # [hook D: dashboard pictures, GPU slots, timeouts]
 from integrations.settings import Settings
 
 
@@ -105,6 +105,7 @@ def _add_seconds(into: dict[str, float], key: str, value: float) -> None:
 # ---------------------------------------------------------------- tasks
 @task(
     name="prepare-batch",
+    timeout_seconds=timeouts.PREPARE,  # [hook D]
     retries=common.RETRIES,
     retry_delay_seconds=common.RETRY_DELAYS,
     retry_condition_fn=common.retry_if_transient,
@@ -159,7 +160,7 @@ def prepare_batch(database_url: str, worker_id: str, n: int, settings_json: dict
     return out
 
 
-@task(name="load-model", cache_policy=NO_CACHE, persist_result=False)
+@task(name="load-model", cache_policy=NO_CACHE, persist_result=False, timeout_seconds=timeouts.LOAD_MODEL)  # [hook D]
 def load_model(config_json: dict[str, Any]) -> float:
     """Build the process's Segmenter (model loaded once) while the first batch is claimed and decoded."""
     from clasp_engine import SegmenterConfig
@@ -169,7 +170,7 @@ def load_model(config_json: dict[str, Any]) -> float:
     return time.perf_counter() - t
 
 
-@task(name="segment-batch", cache_policy=NO_CACHE, persist_result=False)
+@task(name="segment-batch", cache_policy=NO_CACHE, persist_result=False, timeout_seconds=timeouts.SEGMENT)  # [hook D]
 def segment_batch(items: list[Item], config_json: dict[str, Any]) -> Segmented:
     """Run the engine on a batch (CRF batched inside). If the batch call fails, isolate the bad image."""
     from clasp_engine import SegmenterConfig
@@ -202,6 +203,7 @@ def segment_batch(items: list[Item], config_json: dict[str, Any]) -> Segmented:
 
 @task(
     name="store-batch",
+    timeout_seconds=timeouts.STORE,  # [hook D]
     retries=common.RETRIES,
     retry_delay_seconds=common.RETRY_DELAYS,
     retry_condition_fn=common.retry_if_transient,
@@ -331,6 +333,7 @@ def _reason(exc: BaseException) -> str:
 
 @task(
     name="open-run",
+    timeout_seconds=timeouts.BOOKKEEPING,  # [hook D]
     retries=common.RETRIES,
     retry_delay_seconds=common.RETRY_DELAYS,
     retry_condition_fn=common.retry_if_transient,
@@ -354,6 +357,7 @@ def open_run(
 
 @task(
     name="close-run",
+    timeout_seconds=timeouts.BOOKKEEPING,  # [hook D]
     retries=common.RETRIES,
     retry_delay_seconds=common.RETRY_DELAYS,
     retry_condition_fn=common.retry_if_transient,
@@ -409,6 +413,8 @@ def segment(
     overlay_dir = str(Path(settings.output_dir) / "overlays") if overlays else None
 
     t_start = time.perf_counter()
+    board = dashboard.RunDashboard()  # [hook D] pictures for the Artifacts tab
+    gpu_slots.ensure_gpu_limit()  # [hook D] the global GPU limit exists (sized by CLASP_GPU_SLOTS)
     opened = open_run(url, config_json, worker_id, str(flow_run.get_id() or ""), settings.max_attempts)
     run_id = opened["run_id"]
     expected = opened["waiting"] if limit is None else min(limit, opened["waiting"])
@@ -455,7 +461,9 @@ def segment(
             want = next_claim() if prepared.claimed == want else 0  # a short claim: the queue is empty
             pending = prepare_batch.submit(url, worker_id, want, settings_json) if want else None
             claimed_so_far += want
-            segmented = segment_batch(prepared.items, config_json)
+            with gpu_slots.gpu_slot():  # [hook D] one of CLASP_GPU_SLOTS global slots per batch on the GPU
+                segmented = segment_batch(prepared.items, config_json)
+            board.observe(segmented.done)  # [hook D]
             if storing is not None:
                 future, storing = storing, None
                 collect(future)
@@ -495,6 +503,7 @@ def segment(
         description=f"Segmentation run {run_id}: {summary['done']} done, {summary['failed']} failed, "
         f"{summary['images_per_second']:.2f} images/s",
     )
+    board.publish(summary, logger)  # [hook D] K distribution, Figure 3, overlays, throughput
     logger.info(
         "run %s: %d segmented, %d failed in %.1f s (%.2f images/s)",
         run_id, summary["done"], summary["failed"], wall, summary["images_per_second"],
