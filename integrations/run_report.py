@@ -224,10 +224,12 @@ def throughput_png(stage_seconds: Mapping[str, float], images: int, title: str =
 
 
 def silhouette_at_k(diagnostics: Mapping[str, Any]) -> float | None:
-    """Mean silhouette of the chosen K, or None where no silhouette search ran."""
+    """Mean silhouette of the chosen K, or None where no silhouette search ran (or it gave NaN)."""
     sil = diagnostics.get("silhouette") or {}
     value = sil.get(diagnostics.get("k"), sil.get(str(diagnostics.get("k"))))
-    return None if value is None else float(value)
+    if value is None or not np.isfinite(float(value)):  # NaN: a candidate the search could not score
+        return None
+    return float(value)
 
 
 def median_and_weakest(records: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:

@@ -178,3 +178,39 @@ def test_browser_draws_the_pictures_on_the_flow_run_page(prefect_server, segment
     assert share_near(drawn["segment-k-distribution"], (31, 119, 180)) > 0.01
     assert share_near(drawn["segment-spectrum-median"], (31, 119, 180)) > 0.001
     assert share_near(drawn["segment-throughput"], (148, 103, 189)) > 0.01  # tab:purple bars
+
+
+LOGGING_SCRIPT = r"""
+import json
+import flows  # attaches the integrations' logs to the current run
+from prefect import flow, task
+from integrations.label_studio.client import LabelStudioClient, LabelStudioUnavailable
+
+@task
+def ask_label_studio(url):
+    with LabelStudioClient(url, "t0ken-not-sent", retries=2, backoff=0.01) as client:
+        try:
+            client.request("GET", "/api/projects")
+        except LabelStudioUnavailable as exc:
+            return str(exc)
+
+@flow(name="label-studio-outage")
+def outage(url):
+    return ask_label_studio(url)
+
+state = outage(__import__("sys").argv[1], return_state=True)
+print("RESULT " + json.dumps({"state": state.type.value, "flow_run_id": str(state.state_details.flow_run_id)}))
+"""
+
+
+def test_integration_retries_reach_the_flow_run_logs(prefect_server):
+    from prefect_server import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+    out = result_of(run_python(prefect_server, LOGGING_SCRIPT, closed, timeout=300))
+    assert out["state"] == "COMPLETED"
+    logs = prefect_server.logs(out["flow_run_id"])
+    retries = [lg for lg in logs if lg["name"] == "integrations.label_studio.client"]
+    assert [("retry 1/2" in lg["message"], lg["level"]) for lg in retries] == [(True, 30), (False, 30)], retries
+    assert all(lg["task_run_id"] for lg in retries)  # tagged with the task that was retrying
+    assert "retry 2/2" in retries[1]["message"]

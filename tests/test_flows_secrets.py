@@ -10,6 +10,7 @@ flow runs (parameters, state messages), task runs, logs, artifacts.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -68,6 +69,13 @@ def test_password_is_in_no_parameter_log_or_artifact(prefect_server, secret_data
     proc = clasp(["run", str(src), "--batch-size", "2", "--no-review", *FAST], env, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert PASSWORD not in proc.stdout and PASSWORD not in proc.stderr
+    # the run history went to the configured server, and the command says so in one line linking the run
+    history = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip().startswith("run history")]
+    assert len(history) == 1, proc.stdout
+    m = re.search(rf"{re.escape(prefect_server.url)}/runs/flow-run/([0-9a-f-]{{36}})", history[0])
+    assert m and prefect_server.api in history[0], history[0]
+    parent = prefect_server.flow_runs(id={"any_": [m.group(1)]})
+    assert parent and parent[0]["state_type"] == "COMPLETED"
 
     runs = prefect_server.flow_runs()
     names = {r["name"]: r for r in runs}
