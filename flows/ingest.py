@@ -13,11 +13,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import common
+from flows import common, timeouts  # [hook D] timeouts
 
 
 @task(
     name="register-images",
+    timeout_seconds=timeouts.REGISTER,  # [hook D]
     retries=common.RETRIES,
     retry_delay_seconds=common.RETRY_DELAYS,
     retry_condition_fn=common.retry_if_transient,
@@ -29,7 +30,7 @@ def register(database_url: str, uris: list[str], hash_content: bool = False) -> 
         return common.register_images(session, uris, common.settings(), hash_content)
 
 
-@task(name="list-source", cache_policy=NO_CACHE)
+@task(name="list-source", cache_policy=NO_CACHE, timeout_seconds=timeouts.LIST_SOURCE)  # [hook D]
 def list_source(source: str, limit: int | None) -> list[str]:
     return common.source_uris(source, limit)
 

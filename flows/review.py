@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows import common
+from flows import common, timeouts  # [hook D] timeouts
 
 
 def label_studio_configured(settings: Any) -> bool:
@@ -22,6 +22,7 @@ def label_studio_configured(settings: Any) -> bool:
 
 @task(
     name="push-segmentations",
+    timeout_seconds=timeouts.PUSH,  # [hook D]
     retries=common.RETRIES,
     retry_delay_seconds=common.RETRY_DELAYS,
     retry_condition_fn=common.retry_if_transient,
@@ -33,6 +34,7 @@ def push_task(database_url: str, project: str, limit: int | None, batch_size: in
 
 @task(
     name="sync-reviews",
+    timeout_seconds=timeouts.SYNC,  # [hook D]
     retries=common.RETRIES,
     retry_delay_seconds=common.RETRY_DELAYS,
     retry_condition_fn=common.retry_if_transient,

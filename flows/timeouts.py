@@ -18,3 +18,14 @@ LOAD_MODEL = 900
 SEGMENT = 2400
 STORE = 600
 BOOKKEEPING = 120
+
+# Ingest: a chunk of 1000 URIs; with hash_content each image is read (8 at a time,
+# 20 s cap each): 1000 / 8 x 20 s = 2500 s at worst. Listing a source: a folder walk
+# or one URI-list file.
+REGISTER = 3600
+LIST_SOURCE = 600
+# Label Studio hand-off: everything segmented and not yet pushed goes in one task
+# (~0.3 s per image with RLE encoding and import: 10,000 images ~ 3000 s); a sync
+# pages through every finished task of the project.
+PUSH = 3600
+SYNC = 1800
