@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from prefect_server import PrefectServer, run_python
+from test_browser_review import chromium  # noqa: F401  (fixture: Debian's chromium, apt-get installed if missing)
 
 pytestmark = [pytest.mark.slow]
 
@@ -41,7 +42,6 @@ with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
     ingest(paths, database_url=url)
     state = segment(database_url=url, batch_size=3, backbone="classic", variant="patch", max_side=160,
                     output_dir=sys.argv[3], return_state=True)
-from prefect.context import get_run_context
 print("RESULT " + json.dumps({"state": state.type.value, "flow_run_id": str(state.state_details.flow_run_id)}))
 """
 
@@ -126,13 +126,12 @@ def _wait(cdp, expr: str, timeout: float = 60):
     return value
 
 
-def test_browser_draws_the_pictures_on_the_flow_run_page(prefect_server, segment_run, artifacts_dir):
+@pytest.mark.browser
+def test_browser_draws_the_pictures_on_the_flow_run_page(prefect_server, segment_run, artifacts_dir, chromium):
     """The run page's Artifacts tab lists the pictures; each picture's page draws it (pixel-checked)."""
     from test_browser_review import CDP, devtools_page, start_chromium
 
-    exe = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(exe).exists():
-        pytest.skip("needs Debian's chromium package (apt-get install chromium)")
+    exe = chromium
     arts = {a["key"]: a["id"] for a in prefect_server.artifacts(segment_run) if a.get("key") in PICTURES}
     profile = tempfile.mkdtemp(prefix="clasp-chromium-")
     proc = start_chromium(exe, profile)

@@ -16,7 +16,7 @@ import pytest
 
 from prefect_server import PrefectServer, clasp
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 PASSWORD = "s3cret"
 ROLE = "clasp_secret_user"

@@ -54,7 +54,6 @@ def _t(value: str) -> float:
 
 def test_one_gpu_slot_serialises_two_workers(prefect_server, shared_data, tmp_path):
     from flows import common
-    from flows.ingest import ingest  # noqa: F401  (registered below through the data layer)
 
     url = f"sqlite:///{tmp_path / 'clasp.db'}"
     common.ensure_schema(url)

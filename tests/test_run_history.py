@@ -9,12 +9,11 @@ local history is the default, its place named.
 from __future__ import annotations
 
 import re
-import sys
 
 import pytest
 
 from clasp_cli.run_history import configured_api_url, history_line, ui_url
-from prefect_server import REPO_ROOT, clasp, quiet_env
+from prefect_server import clasp, quiet_env
 
 
 def test_api_url_from_environment_then_profile(tmp_path, monkeypatch):
