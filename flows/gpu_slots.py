@@ -42,18 +42,26 @@ def gpu_slots() -> int:
 def ensure_gpu_limit() -> int:
     """Create the global limit if missing; set its size when CLASP_GPU_SLOTS is set. Returns its size."""
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     slots = gpu_slots()
+    explicit = bool(os.environ.get(ENV, "").strip())
     with get_client(sync_client=True) as client:
-        if os.environ.get(ENV, "").strip():
-            client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, slots)
-            return slots
-        try:
-            return int(client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit)
-        except ObjectNotFound:
-            client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, slots)
-            return slots
+        for _ in range(3):  # two workers starting together: one creates, the other reads or updates
+            try:
+                current = int(client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit)
+            except ObjectNotFound:
+                try:
+                    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
+                    return slots
+                except ObjectAlreadyExists:
+                    continue
+            if explicit and current != slots:
+                client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(limit=slots))
+                return slots
+            return current
+    raise RuntimeError(f"could not create or read the global concurrency limit {GPU_LIMIT!r} on the Prefect server")
 
 
 @contextmanager

@@ -102,3 +102,29 @@ def test_one_gpu_slot_serialises_two_workers(prefect_server, shared_data, tmp_pa
     sections.sort()
     for (s1, e1, i1), (s2, e2, i2) in zip(sections, sections[1:]):
         assert s2 >= e1, f"segment-batch of run {i2} started {e1 - s2:.3f} s before run {i1}'s ended"
+
+
+def test_limit_created_once_by_concurrent_workers_and_resized_by_the_setting(prefect_server, monkeypatch):
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import gpu_slots
+
+    monkeypatch.delenv("CLASP_GPU_SLOTS", raising=False)
+    with temporary_settings({PREFECT_API_URL: prefect_server.api}):
+        for gl in prefect_server.post("/v2/concurrency_limits/filter", {}):
+            httpx.delete(f"{prefect_server.api}/v2/concurrency_limits/{gl['id']}").raise_for_status()
+        ctx = contextvars.copy_context()  # the threads see this server (settings live in a context variable)
+        with ThreadPoolExecutor(4) as pool:
+            sizes = list(pool.map(lambda _: ctx.copy().run(gpu_slots.ensure_gpu_limit), range(4)))
+        assert sizes == [1, 1, 1, 1]
+        monkeypatch.setenv("CLASP_GPU_SLOTS", "3")
+        assert gpu_slots.ensure_gpu_limit() == 3
+        monkeypatch.delenv("CLASP_GPU_SLOTS")
+        assert gpu_slots.ensure_gpu_limit() == 3  # unset: the server's size stands
+    limits = prefect_server.post("/v2/concurrency_limits/filter", {})
+    assert [(gl["name"], gl["limit"]) for gl in limits] == [("clasp-gpu", 3)]
