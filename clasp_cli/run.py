@@ -68,7 +68,9 @@ def prepare_environment(workdir: Path | None = None) -> None:
     """Telemetry off and a project-local PREFECT_HOME, unless the caller already chose."""
     for key, value in QUIET_PREFECT_ENV.items():
         os.environ.setdefault(key, value)
-    if "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
+    from clasp_cli.run_history import configured_api_url  # a server in the env or the Prefect profile
+
+    if "PREFECT_HOME" not in os.environ and configured_api_url() is None:
         home = (workdir or Path.cwd()) / ".clasp" / "prefect"
         home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
         os.environ["PREFECT_HOME"] = str(home)
@@ -120,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"clasp run: database {display_url(settings.database_url)}: {exc}", file=sys.stderr)
         return 1
 
+    # The flows read the database URL from the environment: a URL with a password
+    # passed as a flow parameter would be shown on the dashboard.
+    os.environ["CLASP_DATABASE_URL"] = settings.database_url
     # In-process there is nobody to notice a crashed run from its missing heartbeats,
     # and each flow would wait ~1 s for its heartbeat thread at its end.
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
@@ -133,17 +138,22 @@ def run(args: argparse.Namespace) -> int:
             max_side=args.max_side,
             device=args.device,
             project=args.project,
-            database_url=settings.database_url,
+            database_url=None,  # read from CLASP_DATABASE_URL, never a parameter
             output_dir=str(settings.output_dir),
             overlays=not args.no_overlays,
             review=not args.no_review and not (demo is not None and "error" in demo),
             hash_content=args.hash_content,
             return_state=True,
         )
+    from clasp_cli.run_history import history_line
+
+    history = history_line(str(state.state_details.flow_run_id or ""))  # where the run history went
     if not state.is_completed():
         print(f"clasp run: the pipeline ended {state.type.value}: {state.message}", file=sys.stderr)
+        print(history, file=sys.stderr)
         return 1
     result = state.result()
+    result["run_history"] = history
     if demo is not None and "error" in demo:
         result["review"] = {"skipped": True, "reason": f"the local Label Studio did not start ({demo['error']})"}
     if demo is not None:
@@ -227,7 +237,6 @@ def describe(result: dict, settings, overlays: bool = True) -> str:
             lines.append(f"                {push['image_mode']}")
     else:
         lines.append(f"  Label Studio  not used: {result.get('review', {}).get('reason', '')}")
-    home = os.environ.get("PREFECT_HOME")
-    if home and "PREFECT_API_URL" not in os.environ:
-        lines.append(f"  run history   PREFECT_HOME={home} prefect server start   (then http://127.0.0.1:4200)")
+    if result.get("run_history"):  # one line: the server's run page, or the local history
+        lines.append(f"  {result['run_history']}")
     return "\n".join(lines)

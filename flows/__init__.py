@@ -12,3 +12,7 @@ come from `integrations.settings.load_settings`.
 Flows only orchestrate: SQL lives in `integrations.db`, HTTP in `integrations.sources`
 and `integrations.label_studio`, array maths in `clasp_engine`. Deployments: prefect.yaml.
 """
+
+from flows import run_logs as _run_logs  # integration logs reach the flow run's logs
+
+_run_logs.attach()

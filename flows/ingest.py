@@ -13,12 +13,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import resources
+from flows import resources, timeouts
 from flows.retry import transient_task
 from integrations.settings import check_count, load_settings
 
 
-@transient_task("register-images")
+@transient_task("register-images", timeout_seconds=timeouts.REGISTER)
 def register(database_url: str, uris: list[str], hash_content: bool = False) -> dict[str, Any]:
     """Register a chunk of URIs as waiting, idempotently, in one transaction.
 
@@ -33,7 +33,7 @@ def register(database_url: str, uris: list[str], hash_content: bool = False) -> 
     return {"registered": counts["new"], "already_known": counts["known"], "unreadable": counts["unreadable"]}
 
 
-@task(name="list-source", cache_policy=NO_CACHE)
+@task(name="list-source", cache_policy=NO_CACHE, timeout_seconds=timeouts.LIST_SOURCE)
 def list_source(source: str, limit: int | None) -> list[str]:
     """The image URIs a source names: a folder (recursive), a glob, a text file of URIs, or one URI."""
     from integrations.ingest import expand_source

@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import resources
+from flows import children, gpu_slots, resources
 from flows.ingest import ingest
 from flows.review import label_studio_configured, push_for_review, sync_reviews
 from flows.retry import transient_task
@@ -23,7 +23,7 @@ from integrations.db.session import display_url
 from integrations.settings import check_count, load_settings
 
 
-@task(name="run-segment-deployment", cache_policy=NO_CACHE)
+@task(name="run-segment-deployment", cache_policy=NO_CACHE)  # waits as long as the child runs (its own limits apply)
 def run_segment_deployment(deployment: str, parameters: dict[str, Any], index: int) -> dict[str, Any]:
     """Trigger one `segment` run on the GPU pool and wait for it to finish."""
     from prefect.deployments import run_deployment
@@ -58,7 +58,7 @@ def moderation_pipeline(
     overlays: bool = True,
     review: bool = True,
     segment_deployment: str | None = None,
-    segment_runs: int = 1,
+    segment_runs: int | None = None,
     hash_content: bool = False,
 ) -> dict[str, Any]:
     """Register `source` (if given), segment what waits, push proposals and sync reviews (if Label Studio is set).
@@ -94,8 +94,10 @@ def moderation_pipeline(
     if segment_deployment:
         # Deployed: the GPU workers read the database URL and output dir from their own environment.
         params = {k: v for k, v in seg_params.items() if v is not None}
-        futures = [run_segment_deployment.submit(segment_deployment, params, i) for i in range(max(1, segment_runs))]
+        n_runs = segment_runs if segment_runs is not None else gpu_slots.gpu_slots()
+        futures = [run_segment_deployment.submit(segment_deployment, params, i) for i in range(max(1, n_runs))]
         runs = [f.result() for f in futures]
+        failed_runs = children.failed_children(runs)
         counts = status_counts(url)
         result["segment"] = {"runs": runs, "images": counts, "done": counts.get("segmented", 0), "failed": counts.get("failed", 0)}
     else:
@@ -113,6 +115,14 @@ def moderation_pipeline(
         markdown=_markdown(result, display_url(url), settings, project),
         description="What this run did and where to look",
     )
+    if segment_deployment and failed_runs:
+        from prefect.states import Failed
+
+        message = children.failure_message(failed_runs, len(runs))
+        logger.error(message)
+        create_markdown_artifact(key="segment-runs-failed", markdown=children.failure_markdown(failed_runs, len(runs)),
+                                 description="Segment runs that did not complete")
+        return Failed(message=message, data=result)
     return result
 
 

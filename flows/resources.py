@@ -20,7 +20,8 @@ from clasp_engine import SegmenterConfig
 
 _segmenters: dict[tuple[str, str | None], Any] = {}
 _segmenter_lock = threading.Lock()
-# One batch at a time on the accelerator per process, whichever flow run asks.
+# The cached Segmenter is shared by the flow runs of a process: one batch through it at a time.
+# (How many batches run on a GPU across workers is Prefect's global limit: flows/gpu_slots.py.)
 accelerator_lock = threading.Lock()
 
 _engines: dict[str, Any] = {}

@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
-from flows import resources
+from flows import resources, timeouts
 from flows.retry import transient_task
 from integrations.settings import load_settings
 from integrations.review.push import push_to_project
@@ -23,13 +23,13 @@ def label_studio_configured(settings: Any) -> bool:
     return bool(settings.label_studio_url) and settings.label_studio_token() is not None
 
 
-@transient_task("push-segmentations")
+@transient_task("push-segmentations", timeout_seconds=timeouts.PUSH)
 def push_task(database_url: str, project: str, limit: int | None, batch_size: int) -> dict[str, Any]:
     with resources.session(database_url) as db:
         return push_to_project(db, load_settings(), project, limit=limit, batch_size=batch_size)
 
 
-@transient_task("sync-reviews")
+@transient_task("sync-reviews", timeout_seconds=timeouts.SYNC)
 def sync_task(database_url: str, project: str) -> dict[str, Any]:
     with resources.session(database_url) as db:
         return pull_from_project(db, load_settings(), project)

@@ -31,7 +31,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import resources
+from flows import dashboard, gpu_slots, resources, timeouts
 from flows.retry import is_transient, transient_task
 from integrations.settings import Settings, check_count, load_settings
 
@@ -104,7 +104,7 @@ def _add_seconds(into: dict[str, float], key: str, value: float) -> None:
 
 
 # ---------------------------------------------------------------- tasks
-@transient_task("prepare-batch", persist_result=False)
+@transient_task("prepare-batch", persist_result=False, timeout_seconds=timeouts.PREPARE)
 def prepare_batch(
     database_url: str, worker_id: str, n: int, settings_json: dict[str, Any], decode_side: int | None = None
 ) -> Prepared:
@@ -169,7 +169,7 @@ def prepare_batch(
     return out
 
 
-@task(name="load-model", cache_policy=NO_CACHE, persist_result=False)
+@task(name="load-model", cache_policy=NO_CACHE, persist_result=False, timeout_seconds=timeouts.LOAD_MODEL)
 def load_model(config_json: dict[str, Any]) -> float:
     """Build the process's Segmenter (model loaded once) while the first batch is claimed and decoded."""
     from clasp_engine import SegmenterConfig
@@ -179,7 +179,7 @@ def load_model(config_json: dict[str, Any]) -> float:
     return time.perf_counter() - t
 
 
-@task(name="segment-batch", cache_policy=NO_CACHE, persist_result=False)
+@task(name="segment-batch", cache_policy=NO_CACHE, persist_result=False, timeout_seconds=timeouts.SEGMENT)
 def segment_batch(items: list[Item], config_json: dict[str, Any]) -> Segmented:
     """Run the engine on a batch (CRF batched inside). If the batch call fails, isolate the bad image."""
     from clasp_engine import SegmenterConfig
@@ -210,7 +210,7 @@ def segment_batch(items: list[Item], config_json: dict[str, Any]) -> Segmented:
     return out
 
 
-@transient_task("store-batch", persist_result=False)
+@transient_task("store-batch", persist_result=False, timeout_seconds=timeouts.STORE)
 def store_batch(
     database_url: str,
     run_id: Any,
@@ -332,7 +332,7 @@ def _reason(exc: BaseException) -> str:
     return text[:500]
 
 
-@transient_task("open-run")
+@transient_task("open-run", timeout_seconds=timeouts.BOOKKEEPING)
 def open_run(
     database_url: str, config_json: dict[str, Any], worker_id: str, flow_run_id: str | None, max_attempts: int
 ) -> dict[str, Any]:
@@ -349,7 +349,7 @@ def open_run(
     return {"run_id": run_id, "reclaimed": reclaimed.requeued, "failed_after_leases": reclaimed.failed, "waiting": waiting}
 
 
-@transient_task("close-run")
+@transient_task("close-run", timeout_seconds=timeouts.BOOKKEEPING)
 def close_run(database_url: str, run_id: Any, status: str, backbone: str | None, device: str | None) -> dict[str, Any]:
     from integrations import db as repo
 
@@ -406,6 +406,8 @@ def segment(
     overlay_dir = str(Path(settings.output_dir) / "overlays") if overlays else None
 
     t_start = time.perf_counter()
+    board = dashboard.RunDashboard()  # pictures for the Artifacts tab
+    gpu_slots.ensure_gpu_limit()  # the global GPU limit exists (sized by CLASP_GPU_SLOTS)
     opened = open_run(url, config_json, worker_id, str(flow_run.get_id() or ""), settings.max_attempts)
     run_id = opened["run_id"]
     expected = opened["waiting"] if limit is None else min(limit, opened["waiting"])
@@ -452,7 +454,9 @@ def segment(
             want = next_claim() if prepared.claimed == want else 0  # a short claim: the queue is empty
             pending = prepare_batch.submit(url, worker_id, want, settings_json, config.max_side) if want else None
             claimed_so_far += want
-            segmented = segment_batch(prepared.items, engine_json)
+            with gpu_slots.gpu_slot():  # one of CLASP_GPU_SLOTS global slots per batch on the GPU
+                segmented = segment_batch(prepared.items, engine_json)
+            board.observe(segmented.done)
             if storing is not None:
                 future, storing = storing, None
                 collect(future)
@@ -492,6 +496,7 @@ def segment(
         description=f"Segmentation run {run_id}: {summary['done']} done, {summary['failed']} failed, "
         f"{summary['images_per_second']:.2f} images/s",
     )
+    board.publish(summary, logger)  # K distribution, Figure 3, overlays, throughput
     logger.info(
         "run %s: %d segmented, %d failed in %.1f s (%.2f images/s)",
         run_id, summary["done"], summary["failed"], wall, summary["images_per_second"],

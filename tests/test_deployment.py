@@ -46,8 +46,12 @@ def test_prefect_yaml_declares_every_flow_with_pools_schedule_and_limit():
     queue = flows["moderation_pipeline"]
     assert any("cron" in s for s in queue["schedules"])
     assert queue["parameters"]["segment_deployment"] == "segment/gpu"
-    # a concurrency limit on segmentation
-    assert flows["segment"]["concurrency_limit"]["limit"] >= 1
+    # a concurrency limit on segmentation: Prefect's global limit "clasp-gpu", sized by the
+    # CLASP_GPU_SLOTS setting (flows/gpu_slots.py), not a number written into prefect.yaml
+    from flows import gpu_slots
+
+    assert gpu_slots.GPU_LIMIT == "clasp-gpu" and "CLASP_GPU_SLOTS" in (REPO / "prefect.yaml").read_text()
+    assert "concurrency_limit" not in flows["segment"] and "segment_runs" not in queue["parameters"]
     # telemetry off in every job
     for d in deps.values():
         env = d["work_pool"]["job_variables"]["env"]
