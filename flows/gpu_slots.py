@@ -21,22 +21,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 GPU_LIMIT = "clasp-gpu"
-DEFAULT_SLOTS = 1
 ENV = "CLASP_GPU_SLOTS"
 
 
 def gpu_slots() -> int:
-    """The number of GPU slots: CLASP_GPU_SLOTS, else 1. A bad value is an error naming the variable."""
-    raw = os.environ.get(ENV)
-    if raw is None or not raw.strip():
-        return DEFAULT_SLOTS
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{ENV}={raw!r} is not a whole number: set it to the number of GPUs (e.g. 2)") from None
-    if value < 1:
-        raise ValueError(f"{ENV}={raw!r}: give at least 1 (the number of GPUs that segment)")
-    return value
+    """The number of GPU slots: `Settings.gpu_slots` (CLASP_GPU_SLOTS, default 1), validated there."""
+    from integrations.settings import load_settings
+
+    return load_settings().gpu_slots
 
 
 def ensure_gpu_limit() -> int:

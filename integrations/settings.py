@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(600, ge=5)
     max_attempts: int = Field(3, ge=1)
     output_dir: Path = Path("clasp-output")
+    # GPUs that segment: the size of Prefect's global limit "clasp-gpu" and the segment runs the queue starts.
+    gpu_slots: int = Field(1, ge=1, le=1024)
 
     # --- image sources ---
     http_timeout_s: float = Field(20.0, gt=0, le=3600)
