@@ -63,7 +63,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=6)
     ap.add_argument("--side", type=int, default=9000)
-    ap.add_argument("--draft-side", type=int, default=320, help="the engine's max_side (default 320)")
+    ap.add_argument("--draft-side", type=int, default=4096,
+                    help="decode side (default 4096: flows.segment.FULL_DECODE_SIDE, what a worker uses)")
     ap.add_argument("--engine", action="store_true", help="also segment the batch")
     ap.add_argument("--folder", type=Path, help="keep (and reuse) the generated JPEGs here")
     ap.add_argument("--only", choices=("before", "after"), help="run one mode only")

@@ -103,6 +103,11 @@ def _add_seconds(into: dict[str, float], key: str, value: float) -> None:
     into[key] = into.get(key, 0.0) + value
 
 
+# Long side (pixels) above which a JPEG is decoded at a reduced DCT scale (1/2, 1/4, 1/8):
+# a 9000x9000 JPEG then decodes at 4500x4500 (61 MB of RGB instead of 243 MB), while photos
+# up to 4096 px keep full-size masks.
+FULL_DECODE_SIDE = 4096
+
 # ---------------------------------------------------------------- tasks
 @transient_task("prepare-batch", persist_result=False, timeout_seconds=timeouts.PREPARE)
 def prepare_batch(
@@ -428,7 +433,11 @@ def segment(
     # Prefetch: the next batch is claimed, read and decoded on a worker thread while
     # the current one is segmented.
     want = next_claim()
-    pending = prepare_batch.submit(url, worker_id, want, settings_json, config.max_side) if want else None
+    # Huge JPEGs decode at a DCT scale whose long side stays >= FULL_DECODE_SIDE (and >= the
+    # working size): memory stays bounded while the masks of ordinary photos keep the
+    # photo's own size (a reviewer's tool draws them over the original).
+    decode_side = max(config.max_side, FULL_DECODE_SIDE)
+    pending = prepare_batch.submit(url, worker_id, want, settings_json, decode_side) if want else None
     claimed_so_far += want
     warm = load_model.submit(engine_json) if want and opened["waiting"] else None
     storing = None  # the previous batch's store task, running while this batch is segmented
@@ -452,7 +461,7 @@ def segment(
                 break
             claimed_so_far += prepared.claimed - want  # what the claim really returned
             want = next_claim() if prepared.claimed == want else 0  # a short claim: the queue is empty
-            pending = prepare_batch.submit(url, worker_id, want, settings_json, config.max_side) if want else None
+            pending = prepare_batch.submit(url, worker_id, want, settings_json, decode_side) if want else None
             claimed_so_far += want
             with gpu_slots.gpu_slot():  # one of CLASP_GPU_SLOTS global slots per batch on the GPU
                 segmented = segment_batch(prepared.items, engine_json)
