@@ -10,7 +10,7 @@ from conftest_db import db_url, migrated_url, pg_url, sqlite_url  # noqa: F401
 from PIL import Image
 
 from flows.segment import prepare_batch
-from integrations.db import counts_by_status, make_engine, make_session_factory, register_images
+from integrations.db import counts_by_status, make_engine, make_session_factory, add_images
 from integrations.db.models import Image as ImageRow
 from integrations.settings import Settings
 
@@ -24,7 +24,7 @@ def _jpeg(path, seed, w=2000, h=1500):
 def _register(url, uris):
     engine = make_engine(url)
     with make_session_factory(engine)() as s:
-        register_images(s, uris)
+        add_images(s, uris)
     engine.dispose()
 
 
