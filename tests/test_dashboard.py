@@ -33,11 +33,11 @@ PICTURES = {"segment-k-distribution", "segment-spectrum-median", "segment-spectr
 SEGMENT_SCRIPT = r"""
 import json, sys
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from flows import common
+from integrations.db import ensure_schema
 from flows.ingest import ingest
 from flows.segment import segment
 url, paths = sys.argv[1], json.loads(sys.argv[2])
-common.ensure_schema(url)
+ensure_schema(url)
 with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
     ingest(paths, database_url=url)
     state = segment(database_url=url, batch_size=3, backbone="classic", variant="patch", max_side=160,

@@ -28,9 +28,9 @@ segment.serve(name="failing")
 PARENT = r"""
 import json, sys
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from flows import common
+from integrations.db import ensure_schema
 from flows.pipeline import moderation_pipeline
-common.ensure_schema(sys.argv[1])
+ensure_schema(sys.argv[1])
 with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
     state = moderation_pipeline(segment_deployment="segment/failing", segment_runs=1, review=False, return_state=True)
 print("RESULT " + json.dumps({"state": state.type.value, "message": state.message,

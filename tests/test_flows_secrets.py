@@ -51,10 +51,11 @@ def secret_database_url():
                          autocommit=True) as conn:
         conn.execute(f"GRANT ALL ON SCHEMA public TO {ROLE}")
     url = f"postgresql://{ROLE}:{PASSWORD}@{admin.host}:{admin.port or 5432}/{name}"
-    from flows import common
+    from flows import resources
+from integrations.db import ensure_schema
 
-    common.ensure_schema(url, upgrade=True)  # migrated as the role, like an operator would
-    common.dispose_engines()
+    ensure_schema(url, upgrade=True)  # migrated as the role, like an operator would
+    resources.dispose_engines()
     try:
         yield url
     finally:

@@ -25,12 +25,15 @@ WORKER = r"""
 import json, sys, time
 from pathlib import Path
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from flows import common
+from flows import resources
+from integrations.db import ensure_schema
+from integrations.ingest import ingest_uris
+from integrations.settings import load_settings
 from flows.segment import segment
 
 url, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 fast = dict(backbone="classic", variant="patch", max_side=160)
-common.get_segmenter(common.engine_config(device="cpu", **fast))  # model loaded before the start signal
+resources.get_segmenter(load_settings(device="cpu", **fast).engine_config())  # model loaded before the start signal
 ready.touch()
 while not go.exists():
     time.sleep(0.02)
@@ -53,14 +56,17 @@ def _t(value: str) -> float:
 
 
 def test_one_gpu_slot_serialises_two_workers(prefect_server, shared_data, tmp_path):
-    from flows import common
+    from flows import resources
+from integrations.db import ensure_schema
+from integrations.ingest import ingest_uris
+from integrations.settings import load_settings
 
     url = f"sqlite:///{tmp_path / 'clasp.db'}"
-    common.ensure_schema(url)
+    ensure_schema(url)
     paths = sorted(p for p in shared_data.glob("*/images/*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:12]
-    with common.session(url) as session:
-        common.register_images(session, [str(p) for p in paths], common.settings())
-    common.dispose_engines()
+    with resources.session(url) as session:
+        ingest_uris(session, [str(p) for p in paths], load_settings(), lazy=True)
+    resources.dispose_engines()
 
     go = tmp_path / "go"
     env = prefect_server.env(CLASP_GPU_SLOTS="1")
