@@ -52,7 +52,7 @@ def secret_database_url():
         conn.execute(f"GRANT ALL ON SCHEMA public TO {ROLE}")
     url = f"postgresql://{ROLE}:{PASSWORD}@{admin.host}:{admin.port or 5432}/{name}"
     from flows import resources
-from integrations.db import ensure_schema
+    from integrations.db import ensure_schema
 
     ensure_schema(url, upgrade=True)  # migrated as the role, like an operator would
     resources.dispose_engines()
