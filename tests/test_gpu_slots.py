@@ -27,7 +27,7 @@ from pathlib import Path
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from flows import resources
 from integrations.db import ensure_schema
-from integrations.ingest import ingest_uris
+    from integrations.ingest import ingest_uris
 from integrations.settings import load_settings
 from flows.segment import segment
 
@@ -58,7 +58,7 @@ def _t(value: str) -> float:
 def test_one_gpu_slot_serialises_two_workers(prefect_server, shared_data, tmp_path):
     from flows import resources
     from integrations.db import ensure_schema
-from integrations.ingest import ingest_uris
+    from integrations.ingest import ingest_uris
     from integrations.settings import load_settings
 
     url = f"sqlite:///{tmp_path / 'clasp.db'}"
