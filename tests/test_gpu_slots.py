@@ -26,8 +26,6 @@ import json, sys, time
 from pathlib import Path
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from flows import resources
-from integrations.db import ensure_schema
-    from integrations.ingest import ingest_uris
 from integrations.settings import load_settings
 from flows.segment import segment
 
