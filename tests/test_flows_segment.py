@@ -39,7 +39,7 @@ def _segmentation_counts(url: str) -> Counter:
     from integrations.db.models import SegmentationRecord
 
     with resources.session(url) as s:
-        rows = s.execute(sa.select(Segmentation.image_id)).scalars().all()
+        rows = s.execute(sa.select(SegmentationRecord.image_id)).scalars().all()
     return Counter(rows)
 
 
