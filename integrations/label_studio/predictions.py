@@ -46,6 +46,19 @@ def model_version(engine_version: str, backbone: str, config: dict[str, Any] | s
     return mv
 
 
+SUGGESTED_SEPARATOR = "+"  # `<base model version>+<exemplar set version>` when labels were suggested
+
+
+def base_model_version(model_version: str) -> str:
+    """The engine's model version of a pushed prediction, without the exemplar set's suffix.
+
+    A prediction with suggested labels is pushed as `<base>+<exemplar version>`; the task key,
+    the "what is unsent" query and the sync's prediction filter compare the base, so that a
+    new exemplar set neither duplicates a task nor hides its prediction.
+    """
+    return str(model_version).split(SUGGESTED_SEPARATOR, 1)[0]
+
+
 def model_version_from_diagnostics(diagnostics: dict[str, Any]) -> str:
     return model_version(
         diagnostics.get("engine_version", ""),
