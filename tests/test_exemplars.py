@@ -286,6 +286,17 @@ def test_push_after_reviews_suggests_confident_labels_and_keeps_the_rest_neutral
     _, _, again = _fake_push(session, fake=fake, index_dir=tmp_path)
     assert not again.sent and not again.existing and len(fake.tasks) == 2
     assert len(session.execute(select(ReviewLink)).all()) == 2
+    # ... and when the database lost its links: the tasks are found by key, and the links
+    # record the model version they were pushed with
+    pushed = [link.model_version for link in links]
+    for link in session.execute(select(ReviewLink)).scalars():
+        session.delete(link)
+    session.commit()
+    _, _, again = _fake_push(session, fake=fake, index_dir=tmp_path)
+    assert not again.sent and len(again.existing) == 2 and len(fake.tasks) == 2
+    relinked = session.execute(select(ReviewLink).order_by(ReviewLink.image_id)).scalars().all()
+    assert [link.model_version for link in relinked] == pushed
+    assert [link.ls_prediction_id for link in relinked] == [p["id"] for p in fake.preds]
 
 
 def test_push_without_usable_exemplars_keeps_neutral_proposals(session, tmp_path, caplog):  # noqa: F811

@@ -176,6 +176,13 @@ def push_segmentations(
             )
         else:
             todo.append(it)
+    if result.existing and fetch_prediction_ids:
+        # tasks already there (their DB record was lost): record the model version they were
+        # pushed with (`<base>+<exemplar set>` when they carry suggested labels), not the base
+        try:
+            _fill_prediction_ids(client, project.id, result.existing, retry)
+        except LabelStudioUnavailable as e:
+            log.warning("could not read the predictions of tasks already in Label Studio: %s", e)
     if result.existing and on_batch:
         on_batch(result.existing)
 
@@ -304,13 +311,19 @@ def _fill_prediction_ids(
     client: LabelStudioClient, project_id: int, records: list[PushRecord], retry: bool | RetryPolicy = True
 ) -> None:
     """Prediction id of every record: the one of its model version, else (a task found by key,
-    pushed earlier with another exemplar set) the one with the same base version."""
+    pushed earlier with suggested labels) the one with the same base version, whose model
+    version the record then takes."""
     by_task: dict[tuple[int, str], int] = {}
-    by_base: dict[tuple[int, str], int] = {}
+    by_base: dict[tuple[int, str], tuple[int, str]] = {}
     for p in client.predictions(project_id, retry):
         mv = str(p.get("model_version"))
         by_task.setdefault((int(p.get("task")), mv), int(p["id"]))
-        by_base.setdefault((int(p.get("task")), base_model_version(mv)), int(p["id"]))
+        by_base.setdefault((int(p.get("task")), base_model_version(mv)), (int(p["id"]), mv))
     for r in records:
-        r.prediction_id = by_task.get((r.task_id, r.model_version),
-                                      by_base.get((r.task_id, base_model_version(r.model_version))))
+        exact = by_task.get((r.task_id, r.model_version))
+        if exact is not None:
+            r.prediction_id = exact
+            continue
+        found = by_base.get((r.task_id, base_model_version(r.model_version)))
+        if found is not None:
+            r.prediction_id, r.model_version = found
