@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     label_studio_min_area: int = Field(0, ge=0)
     label_studio_small_segments: Literal["merge", "drop"] = "merge"
     label_studio_max_regions: int = Field(40, ge=1)
+    # also push the coarser and finer partitions of the K search as extra predictions
+    # (model_version `<model version>/coarser-k<K>`, `/finer-k<K>`); off by default
+    label_studio_granularity: bool = False
 
     # --- label suggestions from reviews (issue 12; integrations.review.suggestions) ---
     # kNN vote share at or above which a suggested label is pushed (README: chosen by measurement)

@@ -351,3 +351,41 @@ def test_sync_finds_the_suggested_prediction_of_a_link(session, tmp_path):  # no
     assert stats["deleted"] == 1
     assert sorted(e.label for e in session.execute(select(Exemplar).where(Exemplar.review_id.is_not(None))).scalars()) \
         == ["violence", "weapon"]
+
+
+def test_granularity_alternatives_are_stored_and_pushed_from_the_database_when_asked(session):  # noqa: F811
+    from clasp_engine import Segmenter, SegmenterConfig
+    from integrations.db.results import load_segmentation
+    from integrations.label_studio.predictions import granularity_alternatives
+    from integrations.samples import sample_image_paths
+
+    photo = next(p for p in sample_image_paths() if p.name == "grace_hopper.jpg")
+    seg = Segmenter(SegmenterConfig(backbone="classic", variant="patch"))(str(photo))
+    wanted = granularity_alternatives(seg)
+    assert wanted, f"the K search kept no alternative to K={seg.k}: {sorted(seg.alternatives)}"
+    add_images(session, [ImageInput("https://img.example.com/hopper.jpg", "cd" * 32, 10)])
+    (claimed,) = claim_batch(session, "w", 1, lease_seconds=60)
+    run = start_run(session, {"backbone": "classic"}, engine_version="0.1.0", backbone="classic")
+    sid = store_segmentation(session, claimed.id if hasattr(claimed, "id") else claimed.image_id,
+                             run if isinstance(run, int) else run.id, seg, "w")
+    loaded = load_segmentation(session, sid)  # only the coarser and finer partitions are kept
+    lower, upper = [c for c in seg.alternatives if c < seg.k], [c for c in seg.alternatives if c > seg.k]
+    kept = ([max(lower)] if lower else []) + ([min(upper)] if upper else [])
+    assert sorted(loaded.alternatives) == kept and len(seg.alternatives) > len(kept)
+    for k, grid in loaded.alternatives.items():
+        assert np.array_equal(grid, seg.alternatives[k])
+    assert loaded.diagnostics == seg.diagnostics
+
+    fake, _, off = _fake_push(session)  # off by default: the chosen partition only
+    assert len(fake.preds) == 1 and off.ok
+    from integrations.db.models import SEGMENTED, Image
+
+    session.execute(select(Image)).scalar_one().status = SEGMENTED
+    session.delete(session.execute(select(ReviewLink)).scalar_one())
+    session.commit()
+    fake, _, on = _fake_push(session, granularity=True)
+    main, *alts = fake.preds
+    assert on.ok and on.sent[0].model_version == main["model_version"] and on.sent[0].prediction_id == main["id"]
+    got = {p["model_version"].rsplit("/", 1)[1]: len(p["result"]) for p in alts}
+    assert got == {f"{name}-k{k}": k for name, (k, _) in wanted.items()}, got
+    assert all(p["model_version"].startswith(main["model_version"] + "/") for p in alts)

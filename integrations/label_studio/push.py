@@ -51,7 +51,9 @@ class PushItem:
     segmentation_id: int | None = None
     # granularity option: name ("coarser"/"finer") -> (K, label map); pushed as extra
     # predictions with their own model_version (`predictions.granularity_alternatives`)
-    alternatives: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
+    # (or a loader of them, called when the push reaches the item)
+    alternatives: dict[str, tuple[int, np.ndarray]] | Callable[[], dict[str, tuple[int, np.ndarray]]] = field(
+        default_factory=dict)
     # suggested labels: turns the built prediction into the one pushed (labels, scores, and a
     # model_version `<model_version>+<exemplar set>`); the task key keeps the base version
     refine: Callable[[BuiltPrediction], dict[str, Any]] | None = None
@@ -62,6 +64,9 @@ class PushItem:
 
     def label_map(self) -> np.ndarray:
         return self.labels() if callable(self.labels) else self.labels
+
+    def alternative_maps(self) -> dict[str, tuple[int, np.ndarray]]:
+        return self.alternatives() if callable(self.alternatives) else self.alternatives
 
 
 def task_key(image_id: int, model_version: str) -> str:
@@ -232,7 +237,7 @@ def push_segmentations(
                     "predictions": [prediction] + [
                         build_prediction(alt, None, model_version=alternative_model_version(it.model_version, name, k),
                                          config=labeling, policy=policy).prediction
-                        for name, (k, alt) in sorted(it.alternatives.items())
+                        for name, (k, alt) in sorted(it.alternative_maps().items())
                     ],
                 }
             )

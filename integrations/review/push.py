@@ -25,13 +25,19 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from integrations.db.granularity import decode_alternatives
 from integrations.db.models import Image, SegmentationRecord
 from integrations.db.reviews import latest_segmented, linked_keys, record_links, segment_confidences
 from integrations.db.results import record_label_map
 from integrations.label_studio.client import LabelStudioClient, Project
 from integrations.label_studio.config import LabelConfigError, LabelingConfig, labels_in_config
 from integrations.label_studio.images import ImageResolver
-from integrations.label_studio.predictions import RegionPolicy, base_model_version, model_version_from_diagnostics
+from integrations.label_studio.predictions import (
+    RegionPolicy,
+    alternatives_at_size,
+    base_model_version,
+    model_version_from_diagnostics,
+)
 from integrations.label_studio.push import PushItem, PushResult, push_segmentations
 from integrations.review.suggestions import DEFAULT_THRESHOLD, SuggestionSource
 from integrations.settings import Settings
@@ -67,6 +73,12 @@ def unsent_segmentations(
     return out
 
 
+def stored_alternatives(seg: SegmentationRecord) -> dict[str, tuple[int, Any]]:
+    """The coarser and finer partitions stored with a segmentation, at the label map's size
+    (``{}`` for segmentations stored without them)."""
+    return alternatives_at_size(decode_alternatives(seg.diagnostics), int(seg.mask_height), int(seg.mask_width))
+
+
 def suggestion_labels(project: Project, labeling: LabelingConfig) -> list[str]:
     """The taxonomy labels a suggestion may carry: moderation labels that the project's config defines
     (a label the config lacks is logged and stays neutral)."""
@@ -88,19 +100,22 @@ def push_items(
     suggestions: SuggestionSource | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     taxonomy: list[str] | None = None,
+    granularity: bool = False,
 ) -> list[PushItem]:
     """One PushItem per row; label maps are decoded (and suggestions computed) when the push reaches them.
 
     With `suggestions`, each item's prediction gets the confident suggested labels among
-    `taxonomy` (`SuggestionSource.refine`)."""
+    `taxonomy` (`SuggestionSource.refine`). With `granularity`, the coarser and finer
+    partitions stored with the segmentation go along as extra predictions."""
     conf = segment_confidences(session, [seg.id for _, seg, _ in rows])
     items = []
     for image, seg, mv in rows:
         refine = None
         if suggestions is not None:
             refine = suggestions.refine(seg.id, threshold=threshold, taxonomy=taxonomy or [])
+        alternatives = (lambda s=seg: stored_alternatives(s)) if granularity else {}
         items.append(PushItem(image.id, image.uri, (lambda s=seg: record_label_map(s)), mv, conf.get(seg.id, {}),
-                              seg.id, refine=refine))
+                              seg.id, alternatives=alternatives, refine=refine))
     return items
 
 
@@ -115,6 +130,7 @@ def push_unsent(
     suggest: bool = True,
     threshold: float = DEFAULT_THRESHOLD,
     index_dir: str | Path | None = None,
+    granularity: bool = False,
     **push_options: Any,
 ) -> PushResult:
     """Push the unsent segmentations into `project`, recording links batch by batch.
@@ -123,12 +139,13 @@ def push_unsent(
     model, at or above `threshold`) replace the proposal labels; the exemplar indexes are
     read from / saved to `index_dir` and refreshed once per push. `push_options` go to
     `push_segmentations` as they are: labeling, policy, resolver, batch_size, retries, backoff.
+    With `granularity`, the stored coarser and finer partitions are pushed as extra predictions.
     """
     rows = unsent_segmentations(session, model_version=model_version, variant=variant, limit=limit)
     labeling = push_options.get("labeling") or LabelingConfig()
     source = SuggestionSource(session, index_dir) if suggest and rows else None
     items = push_items(session, rows, suggestions=source, threshold=threshold,
-                       taxonomy=suggestion_labels(project, labeling) if source else None)
+                       taxonomy=suggestion_labels(project, labeling) if source else None, granularity=granularity)
     session.commit()  # end the read transaction before talking to Label Studio (SQLite write lock)
     return push_segmentations(client, project, items, on_batch=lambda recs: record_links(session, recs), **push_options)
 
@@ -155,6 +172,7 @@ def push_to_project(
         result = push_unsent(
             session, client, project, limit=limit, labeling=labeling, policy=policy, resolver=resolver,
             batch_size=batch_size, threshold=settings.suggestion_threshold, index_dir=settings.exemplar_index_dir,
+            granularity=settings.label_studio_granularity,
         )
     out = result.summary()
     out["image_mode"] = resolver.describe()
@@ -169,6 +187,7 @@ __all__ = [
     "push_to_project",
     "push_unsent",
     "segmentation_model_version",
+    "stored_alternatives",
     "suggestion_labels",
     "unsent_segmentations",
 ]
