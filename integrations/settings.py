@@ -171,6 +171,9 @@ class Settings(BaseSettings):
         ),
     )
     label_studio_data_url_max_bytes: int = Field(256 * 1024, ge=1)  # = label_studio.images.DEFAULT_DATA_URL_MAX_BYTES
+    # also push the coarser and finer partitions of the K search as extra predictions
+    # (model_version `<model version>/coarser-k<K>`, `/finer-k<K>`); off by default
+    label_studio_granularity: bool = False
 
     # --- the engine, nested (same CLASP_* names as its fields) ---
     engine: EngineSettings = Field(default_factory=EngineSettings)

@@ -410,3 +410,83 @@ def test_reviewer_sees_coloured_engine_proposals(label_studio_server, chromium, 
     big = sum((lab == g).sum() >= 500 for g in names)
     assert right_colour == big, f"{right_colour} of {big} regions drawn in their label's colour; see {out}"
     print(f"{seg.k} regions, {len(pairs)} touching pairs, all in different colours; screenshot {out}")
+
+
+def test_reviewer_sees_suggested_labels_from_past_reviews(label_studio_server, chromium, artifacts_dir, tmp_path):
+    """A push from the database after reviews: regions like reviewed ones carry their taxonomy label
+    (drawn in its colour), the others keep the coloured proposal labels."""
+    from conftest_db import make_segmentation
+    from sqlalchemy import select
+
+    from integrations.db import ImageInput, add_images, claim_batch, start_run, store_segmentation
+    from integrations.db.embeddings import embedding_model
+    from integrations.db.models import ReviewLink
+    from integrations.db.schema import upgrade
+    from integrations.db.session import make_engine, make_session_factory
+    from integrations.review.exemplars import insert_exemplars
+    from integrations.review.push import push_unsent
+
+    gw, gh = 600, 400
+    img_path = artifacts_dir / "browser-test-suggestions.png"
+    PILImage.new("RGB", (gw, gh), GREY).save(img_path)
+    labels = (np.arange(gh)[:, None] >= gh // 2).astype(np.int32) * 3 + np.minimum(np.arange(gw)[None, :] // (gw // 3), 2)
+    emb = np.eye(6, 16, dtype=np.float32)  # six orthogonal region embeddings
+    seg = make_segmentation(gh, gw, 6, labels=labels)
+    seg.diagnostics.backbone = "dino_vits8"
+    seg.region_embeddings = emb
+    url = f"sqlite:///{tmp_path / 'clasp.db'}"
+    upgrade(url, "head")
+    engine = make_engine(url)
+    session = make_session_factory(engine)()
+    try:
+        add_images(session, [ImageInput(str(img_path), "ab" * 32, img_path.stat().st_size)])
+        (claimed,) = claim_batch(session, "w", 1, lease_seconds=60)
+        run = start_run(session, {"backbone": "dino_vits8"}, engine_version="0.1.0", backbone="dino_vits8")
+        image_id = claimed.id if hasattr(claimed, "id") else claimed.image_id
+        store_segmentation(session, image_id, run if isinstance(run, int) else run.id, seg, "w")
+        # past reviews: regions like cell 0 were violence, like cell 5 drugs; nothing like the other cells
+        insert_exemplars(session, ["violence"] * 4 + ["drugs"] * 4, emb[[0] * 4 + [5] * 4],
+                         embedding_model(seg.diagnostics))
+        cfg = LabelingConfig()
+        creds = label_studio_server.credentials()
+        with LabelStudioClient(creds.url, creds.token()) as ls:
+            project = ls.find_or_create_project("CLASP browser test: suggestions", cfg.xml())
+            r = push_unsent(session, ls, project, resolver=ImageResolver(mode="local-files", document_root=DOCUMENT_ROOT),
+                            index_dir=tmp_path / "index")
+            assert r.ok and len(r.sent) == 1, r.summary()
+            task_id = r.sent[0].task_id
+            pred = ls.task_predictions(task_id)[0]
+            again = push_unsent(session, ls, project, resolver=ImageResolver(mode="local-files", document_root=DOCUMENT_ROOT),
+                                index_dir=tmp_path / "index")
+            assert not again.sent and len(ls.task_predictions(task_id)) == 1
+        link = session.execute(select(ReviewLink)).scalar_one()
+        assert link.model_version == pred["model_version"] and "+ex-" in pred["model_version"]
+    finally:
+        session.close()
+        engine.dispose()
+    label_of = {int(x["id"].split("-")[1]): x["value"]["brushlabels"][0] for x in pred["result"]}
+    score_of = {int(x["id"].split("-")[1]): x.get("score") for x in pred["result"]}
+    assert label_of[0] == "violence" and label_of[5] == "drugs", label_of
+    assert all(label_of[c].startswith("region-") for c in (1, 2, 3, 4)), label_of
+    assert pred["score"] == score_of[0] >= 0.9  # the task's risk: the highest non-safe confidence
+
+    out = artifacts_dir / "label_studio_review_suggestions.png"
+    open_task_screenshot(label_studio_server, chromium, project.id, task_id, out,
+                         ready=lambda px: saturated(px).sum() > 50_000)
+    px = np.asarray(PILImage.open(out).convert("RGB"))
+    top, bottom, left, right = overlay_box(saturated(px))
+    h, w = bottom - top, right - left
+    assert abs(w / h - gw / gh) < 0.1 * gw / gh, f"overlay box {w}x{h} is not the image's shape; see {out}"
+    colours = cfg.colours()
+    names = [n for n in colours if n != cfg.neutral_label and colours[n].upper() != "#8E8E93"]  # grey: invisible on grey
+    palette = [hex_rgb(colours[n]) for n in names]
+    seen = {}
+    for cell in range(6):
+        row, col = divmod(cell, 3)
+        y0, y1 = top + int((row + 0.25) * h / 2), top + int((row + 0.75) * h / 2)
+        x0, x1 = left + int((col + 0.25) * w / 3), left + int((col + 0.75) * w / 3)
+        shown = np.median(px[y0:y1, x0:x1].reshape(-1, 3), axis=0)
+        idx, _ = palette_of(shown[None, :], np.asarray(GREY)[None, :], palette)
+        seen[cell] = names[idx]
+    assert seen == label_of, f"drawn colours {seen} differ from the pushed labels {label_of}; see {out}"
+    print(f"overlay box {w}x{h}; drawn labels {seen}; task score {pred['score']}; screenshot {out}")

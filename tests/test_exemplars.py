@@ -28,13 +28,13 @@ def _bands() -> np.ndarray:
     return (np.arange(W)[None, :] * 3 // W).repeat(H, 0).astype(np.int32)
 
 
-def _stored(session, embeddings: np.ndarray, backbone: str = "dino_vits8") -> tuple[int, str]:
+def _stored(session, embeddings: np.ndarray, backbone: str = "dino_vits8", uri: str | None = None) -> tuple[int, str]:
     """A stored segmentation of the three bands with the given region embeddings; (segmentation id, model)."""
     seg = make_segmentation(H, W, 3, labels=_bands())
     seg.diagnostics.backbone = backbone
     seg.region_embeddings = np.asarray(embeddings, dtype=np.float32)
     n = session.execute(select(SegmentRow.id)).all()
-    add_images(session, [ImageInput(f"/x/{backbone}-{len(n)}.png", f"{len(n):064x}"[-64:], 10)])
+    add_images(session, [ImageInput(uri or f"/x/{backbone}-{len(n)}.png", f"{len(n):064x}"[-64:], 10)])
     (claimed,) = claim_batch(session, "w", 1, lease_seconds=60)
     run = start_run(session, {"backbone": backbone}, engine_version="0.1.0", backbone=backbone)
     run_id = run if isinstance(run, int) else run.id
@@ -214,3 +214,178 @@ def _neutral():
     from integrations.review.suggestions import NEUTRAL
 
     return NEUTRAL
+
+
+# --------------------------------------------------------------------------- suggestions in the push
+
+
+def _push_setup(session, rng, n_images=1, backbone="dino_vits8"):
+    """Stored segmentations (three bands) whose segments 0 and 1 have the embeddings e0, e1 and
+    segment 2 lies exactly between them; returns (segmentation ids, model, e0, e1)."""
+    e0, e1 = _unit(rng, 2)
+    mid = (e0 + e1) / np.linalg.norm(e0 + e1)
+    out = [_stored(session, np.stack([e0, e1, mid]), backbone, uri=f"https://img.example.com/{backbone}-{i}.jpg")
+           for i in range(n_images)]
+    return [sid for sid, _ in out], out[0][1], e0, e1
+
+
+def _fake_push(session, project_xml=None, **kw):
+    from test_label_studio_units import FakeLabelStudio, _client
+
+    from integrations.label_studio.client import Project
+    from integrations.label_studio.images import ImageResolver
+    from integrations.review.push import push_unsent
+
+    fake = kw.pop("fake", None) or FakeLabelStudio()
+    project = Project(1, "p", project_xml or LabelingConfig().xml())
+    result = push_unsent(session, _client(fake), project, resolver=ImageResolver(mode="url"), backoff=0.001, **kw)
+    return fake, project, result
+
+
+def _regions(pred):
+    return {r["id"]: (r["value"]["brushlabels"][0], r.get("score")) for r in pred["result"]}
+
+
+def test_push_after_reviews_suggests_confident_labels_and_keeps_the_rest_neutral(session, tmp_path, monkeypatch):  # noqa: F811
+    import integrations.review.exemplar_index as exemplar_index
+    from integrations.label_studio.predictions import base_model_version
+
+    rng = np.random.default_rng(21)
+    sids, model, e0, e1 = _push_setup(session, rng, n_images=2)
+    insert_exemplars(session, ["violence"] * 3 + ["safe"] * 3, np.stack([e0] * 3 + [e1] * 3), model)
+    builds = []
+    real = exemplar_index.load_or_build
+    monkeypatch.setattr(exemplar_index, "load_or_build", lambda *a, **k: builds.append(a[1]) or real(*a, **k))
+    fake, project, result = _fake_push(session, index_dir=tmp_path)
+    assert len(result.sent) == 2 and builds == [model]  # one index load/build per model and push, not per image
+    assert len(fake.preds) == 2
+    for pred in fake.preds:
+        regions = _regions(pred)
+        assert regions["clasp-0"][0] == "violence" and regions["clasp-0"][1] >= 0.9
+        assert regions["clasp-1"][0] == "safe" and regions["clasp-1"][1] >= 0.9
+        assert regions["clasp-2"][0].startswith("region-")  # a tie (0.5): not confident, stays neutral
+        assert pred["score"] == regions["clasp-0"][1]  # the highest non-safe confidence
+        base, _, exemplar_version = pred["model_version"].partition("+")
+        assert exemplar_version.startswith("ex-") and "-n6-" in exemplar_version
+        assert base_model_version(pred["model_version"]) == base and "+" not in base
+    links = session.execute(select(ReviewLink).order_by(ReviewLink.image_id)).scalars().all()
+    assert [link.model_version for link in links] == [p["model_version"] for p in fake.preds]
+    assert [link.ls_prediction_id for link in links] == [p["id"] for p in fake.preds]
+    assert [r.model_version for r in result.sent] == [p["model_version"] for p in fake.preds]
+
+    # a second push, even after the exemplar set changed, adds nothing: unsent compares the base version
+    insert_exemplars(session, ["weapon"], e0[None, :], model)
+    _, _, again = _fake_push(session, fake=fake, index_dir=tmp_path)
+    assert not again.sent and not again.existing and len(fake.tasks) == 2 and len(fake.preds) == 2
+    # ... also when the images are `segmented` again (re-run with the same engine model version)
+    from integrations.db.models import SEGMENTED, Image
+
+    for image in session.execute(select(Image)).scalars():
+        image.status = SEGMENTED
+    session.commit()
+    _, _, again = _fake_push(session, fake=fake, index_dir=tmp_path)
+    assert not again.sent and not again.existing and len(fake.tasks) == 2
+    assert len(session.execute(select(ReviewLink)).all()) == 2
+    # ... and when the database lost its links: the tasks are found by key, and the links
+    # record the model version they were pushed with
+    pushed = [link.model_version for link in links]
+    for link in session.execute(select(ReviewLink)).scalars():
+        session.delete(link)
+    session.commit()
+    _, _, again = _fake_push(session, fake=fake, index_dir=tmp_path)
+    assert not again.sent and len(again.existing) == 2 and len(fake.tasks) == 2
+    relinked = session.execute(select(ReviewLink).order_by(ReviewLink.image_id)).scalars().all()
+    assert [link.model_version for link in relinked] == pushed
+    assert [link.ls_prediction_id for link in relinked] == [p["id"] for p in fake.preds]
+
+
+def test_push_without_usable_exemplars_keeps_neutral_proposals(session, tmp_path, caplog):  # noqa: F811
+    rng = np.random.default_rng(22)
+    caplog.set_level(logging.INFO, logger="integrations.review")
+    _push_setup(session, rng)
+    fake, _, result = _fake_push(session, index_dir=tmp_path)  # no exemplars at all
+    (pred,) = fake.preds
+    assert all(lab.startswith("region-") for lab, _ in _regions(pred).values())
+    assert "+" not in pred["model_version"] and result.sent[0].model_version == pred["model_version"]
+    assert "no exemplars" in caplog.text
+
+    caplog.clear()
+    sids, model, e0, e1 = _push_setup(session, rng, backbone="other_vit")
+    insert_exemplars(session, ["violence"] * 3, np.stack([e0] * 3), "classic|none|-|tokens")  # another backbone only
+    fake, _, result = _fake_push(session, index_dir=tmp_path)
+    (pred,) = fake.preds
+    assert all(lab.startswith("region-") for lab, _ in _regions(pred).values()) and "+" not in pred["model_version"]
+    assert "no exemplars" in caplog.text and result.ok
+
+
+def test_a_suggested_label_outside_the_project_config_stays_neutral(session, tmp_path, caplog):  # noqa: F811
+    rng = np.random.default_rng(23)
+    caplog.set_level(logging.INFO, logger="integrations.review")
+    sids, model, e0, e1 = _push_setup(session, rng)
+    insert_exemplars(session, ["violence"] * 3 + ["safe"] * 3, np.stack([e0] * 3 + [e1] * 3), model)
+    taxonomy = {k: v for k, v in LabelingConfig().taxonomy.items() if k != "violence"}
+    project_xml = LabelingConfig(taxonomy=taxonomy).xml()
+    fake, _, result = _fake_push(session, project_xml=project_xml, index_dir=tmp_path)
+    regions = _regions(fake.preds[0])
+    assert regions["clasp-0"][0].startswith("region-") and regions["clasp-1"][0] == "safe"
+    assert fake.preds[0]["score"] == 0.0  # no confident non-safe label: lowest risk
+    assert "violence" in caplog.text and "not in" in caplog.text and result.ok
+
+
+def test_sync_finds_the_suggested_prediction_of_a_link(session, tmp_path):  # noqa: F811
+    from integrations.review.sync import pull_reviews
+
+    rng = np.random.default_rng(24)
+    sids, model, e0, e1 = _push_setup(session, rng)
+    insert_exemplars(session, ["violence"] * 3 + ["safe"] * 3, np.stack([e0] * 3 + [e1] * 3), model)
+    fake, project, result = _fake_push(session, index_dir=tmp_path)
+    (pred,) = fake.preds
+    assert "+" in pred["model_version"]
+    alternative = {**pred, "model_version": pred["model_version"].split("+")[0] + "/coarser-k2", "result": []}
+    # the reviewer keeps the suggestion on band 0, relabels band 2, deletes band 1
+    final = [r for r in _result(_bands(), {0: "violence", 2: "weapon"}) if r["id"] != "clasp-1"]
+    task = {"id": fake.tasks[0]["id"], "predictions": [alternative, pred], "annotations": [{"id": 900, "result": final}]}
+    res = pull_reviews(_Client([task]), project, session)
+    stats = res.per_task[task["id"]]
+    assert res.reviews_new == 1 and stats["n_proposals"] == 3 and stats["model_version"] == pred["model_version"]
+    assert stats["deleted"] == 1
+    assert sorted(e.label for e in session.execute(select(Exemplar).where(Exemplar.review_id.is_not(None))).scalars()) \
+        == ["violence", "weapon"]
+
+
+def test_granularity_alternatives_are_stored_and_pushed_from_the_database_when_asked(session):  # noqa: F811
+    from clasp_engine import Segmenter, SegmenterConfig
+    from integrations.db.results import load_segmentation
+    from integrations.label_studio.predictions import granularity_alternatives
+    from integrations.samples import sample_image_paths
+
+    photo = next(p for p in sample_image_paths() if p.name == "grace_hopper.jpg")
+    seg = Segmenter(SegmenterConfig(backbone="classic", variant="patch"))(str(photo))
+    wanted = granularity_alternatives(seg)
+    assert wanted, f"the K search kept no alternative to K={seg.k}: {sorted(seg.alternatives)}"
+    add_images(session, [ImageInput("https://img.example.com/hopper.jpg", "cd" * 32, 10)])
+    (claimed,) = claim_batch(session, "w", 1, lease_seconds=60)
+    run = start_run(session, {"backbone": "classic"}, engine_version="0.1.0", backbone="classic")
+    sid = store_segmentation(session, claimed.id if hasattr(claimed, "id") else claimed.image_id,
+                             run if isinstance(run, int) else run.id, seg, "w")
+    loaded = load_segmentation(session, sid)  # only the coarser and finer partitions are kept
+    lower, upper = [c for c in seg.alternatives if c < seg.k], [c for c in seg.alternatives if c > seg.k]
+    kept = ([max(lower)] if lower else []) + ([min(upper)] if upper else [])
+    assert sorted(loaded.alternatives) == kept and len(seg.alternatives) > len(kept)
+    for k, grid in loaded.alternatives.items():
+        assert np.array_equal(grid, seg.alternatives[k])
+    assert loaded.diagnostics == seg.diagnostics
+
+    fake, _, off = _fake_push(session)  # off by default: the chosen partition only
+    assert len(fake.preds) == 1 and off.ok
+    from integrations.db.models import SEGMENTED, Image
+
+    session.execute(select(Image)).scalar_one().status = SEGMENTED
+    session.delete(session.execute(select(ReviewLink)).scalar_one())
+    session.commit()
+    fake, _, on = _fake_push(session, granularity=True)
+    main, *alts = fake.preds
+    assert on.ok and on.sent[0].model_version == main["model_version"] and on.sent[0].prediction_id == main["id"]
+    got = {p["model_version"].rsplit("/", 1)[1]: len(p["result"]) for p in alts}
+    assert got == {f"{name}-k{k}": k for name, (k, _) in wanted.items()}, got
+    assert all(p["model_version"].startswith(main["model_version"] + "/") for p in alts)

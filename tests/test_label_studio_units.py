@@ -400,7 +400,7 @@ class FakeLabelStudio:
                 tid = len(self.tasks) + 1
                 self.tasks.append({"id": tid, "data": t["data"]})
                 for p in t.get("predictions", []):
-                    self.preds.append({"id": len(self.preds) + 1, "task": tid, "model_version": p["model_version"]})
+                    self.preds.append({**p, "id": len(self.preds) + 1, "task": tid})
                 ids.append(tid)
             if self.fail_imports:
                 self.fail_imports -= 1

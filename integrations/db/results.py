@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from clasp_engine.result import Diagnostics, Segment, Segmentation
 from integrations.db.batching import commit_or_flush
 from integrations.db.embeddings import attach_embeddings
+from integrations.db.granularity import encode_alternatives, split_diagnostics
 from integrations.db.dialect import db_now, dialect_name
 from integrations.db.jsonsafe import from_json, to_json
 from integrations.db.masks import decode_label_map, encode_label_map
@@ -112,7 +113,7 @@ def _segmentation_row(image_id: int, run_id: int, seg: Segmentation, worker_id: 
         mask_dtype=mask.dtype,
         mask_stored_dtype=mask.stored_dtype,
         mask_bytes=mask.size,
-        diagnostics=to_json(d.to_dict()),
+        diagnostics=to_json({**d.to_dict(), **encode_alternatives(int(d.k), seg.alternatives)}),
         worker_id=worker_id,
         created_at=utcnow(),
     )
@@ -174,8 +175,10 @@ def load_segmentation(session: Session, segmentation_id: int) -> Segmentation:
     else:
         patch = np.zeros((0, 0), dtype=np.int32)
     segments = [Segment(s.label, s.area, (s.x0, s.y0, s.x1, s.y1), s.confidence) for s in row.segments]
-    diagnostics = Diagnostics.from_dict(from_json(row.diagnostics))
-    return Segmentation(labels=labels, patch_labels=patch, segments=segments, diagnostics=diagnostics)
+    stored, alternatives = split_diagnostics(from_json(row.diagnostics))
+    diagnostics = Diagnostics.from_dict(stored)
+    return Segmentation(labels=labels, patch_labels=patch, segments=segments, diagnostics=diagnostics,
+                        alternatives=alternatives)
 
 
 def latest_segmentation_id(session: Session, image_id: int, *, variant: str | None = None) -> int | None:

@@ -46,6 +46,19 @@ def model_version(engine_version: str, backbone: str, config: dict[str, Any] | s
     return mv
 
 
+SUGGESTED_SEPARATOR = "+"  # `<base model version>+<exemplar set version>` when labels were suggested
+
+
+def base_model_version(model_version: str) -> str:
+    """The engine's model version of a pushed prediction, without the exemplar set's suffix.
+
+    A prediction with suggested labels is pushed as `<base>+<exemplar version>`; the task key,
+    the "what is unsent" query and the sync's prediction filter compare the base, so that a
+    new exemplar set neither duplicates a task nor hides its prediction.
+    """
+    return str(model_version).split(SUGGESTED_SEPARATOR, 1)[0]
+
+
 def model_version_from_diagnostics(diagnostics: dict[str, Any]) -> str:
     return model_version(
         diagnostics.get("engine_version", ""),
@@ -217,19 +230,25 @@ def granularity_alternatives(segmentation) -> dict[str, tuple[int, np.ndarray]]:
     clusterings upsampled to the image (no CRF), so their borders are blockier than the
     chosen partition's.
     """
-    from clasp_engine.refine import upsample_labels
-
     k = segmentation.k
     alts = getattr(segmentation, "alternatives", None) or {}
-    h, w = segmentation.labels.shape
-    out: dict[str, tuple[int, np.ndarray]] = {}
     lower = [c for c in alts if c < k]
     upper = [c for c in alts if c > k]
-    for name, pick in (("coarser", max(lower) if lower else None), ("finer", min(upper) if upper else None)):
-        if pick is None:
-            continue
-        full = upsample_labels(np.asarray(alts[pick]), h, w)
-        compact = np.unique(full, return_inverse=True)[1].reshape(h, w).astype(np.int32)
+    grids = {name: (pick, alts[pick]) for name, pick in (("coarser", max(lower) if lower else None),
+                                                        ("finer", min(upper) if upper else None)) if pick is not None}
+    return alternatives_at_size(grids, *segmentation.labels.shape)
+
+
+def alternatives_at_size(grids: dict[str, tuple[int, np.ndarray]], height: int, width: int
+                         ) -> dict[str, tuple[int, np.ndarray]]:
+    """name -> (K, patch-grid label map) -> name -> (K, label map of ``height`` x ``width``), labels
+    renumbered 0..K-1 (K as drawn: a cluster no pixel falls in is not counted)."""
+    from clasp_engine.refine import upsample_labels
+
+    out: dict[str, tuple[int, np.ndarray]] = {}
+    for name, (_, grid) in grids.items():
+        full = upsample_labels(np.asarray(grid), height, width)
+        compact = np.unique(full, return_inverse=True)[1].reshape(height, width).astype(np.int32)
         out[name] = (int(compact.max()) + 1, compact)
     return out
 

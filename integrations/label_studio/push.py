@@ -28,7 +28,13 @@ import numpy as np
 from integrations.label_studio.client import LabelStudioClient, LabelStudioUnavailable, Project, RetryPolicy
 from integrations.label_studio.config import LabelingConfig, validate_labels
 from integrations.label_studio.images import ImageModeError, ImageResolver
-from integrations.label_studio.predictions import RegionPolicy, alternative_model_version, build_prediction
+from integrations.label_studio.predictions import (
+    BuiltPrediction,
+    RegionPolicy,
+    alternative_model_version,
+    base_model_version,
+    build_prediction,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,12 @@ class PushItem:
     segmentation_id: int | None = None
     # granularity option: name ("coarser"/"finer") -> (K, label map); pushed as extra
     # predictions with their own model_version (`predictions.granularity_alternatives`)
-    alternatives: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
+    # (or a loader of them, called when the push reaches the item)
+    alternatives: dict[str, tuple[int, np.ndarray]] | Callable[[], dict[str, tuple[int, np.ndarray]]] = field(
+        default_factory=dict)
+    # suggested labels: turns the built prediction into the one pushed (labels, scores, and a
+    # model_version `<model_version>+<exemplar set>`); the task key keeps the base version
+    refine: Callable[[BuiltPrediction], dict[str, Any]] | None = None
 
     @property
     def key(self) -> str:
@@ -53,6 +64,9 @@ class PushItem:
 
     def label_map(self) -> np.ndarray:
         return self.labels() if callable(self.labels) else self.labels
+
+    def alternative_maps(self) -> dict[str, tuple[int, np.ndarray]]:
+        return self.alternatives() if callable(self.alternatives) else self.alternatives
 
 
 def task_key(image_id: int, model_version: str) -> str:
@@ -167,6 +181,13 @@ def push_segmentations(
             )
         else:
             todo.append(it)
+    if result.existing and fetch_prediction_ids:
+        # tasks already there (their DB record was lost): record the model version they were
+        # pushed with (`<base>+<exemplar set>` when they carry suggested labels), not the base
+        try:
+            _fill_prediction_ids(client, project.id, result.existing, retry)
+        except LabelStudioUnavailable as e:
+            log.warning("could not read the predictions of tasks already in Label Studio: %s", e)
     if result.existing and on_batch:
         on_batch(result.existing)
 
@@ -186,9 +207,13 @@ def push_segmentations(
             built = build_prediction(
                 it.label_map(), it.confidences, model_version=it.model_version, config=labeling, policy=policy
             )
+            prediction = it.refine(built) if it.refine is not None else built.prediction
+            if base_model_version(prediction.get("model_version", "")) != it.model_version:
+                raise ValueError(f"image {it.image_id}: the refined prediction's model_version "
+                                 f"{prediction.get('model_version')!r} does not extend {it.model_version!r}")
             result.encode_seconds += time.perf_counter() - te
             validate_labels(
-                {lab for r in built.prediction["result"] for lab in r["value"]["brushlabels"]},
+                {lab for r in prediction["result"] for lab in r["value"]["brushlabels"]},
                 project.label_config,
                 labeling.from_name,
             )
@@ -209,14 +234,14 @@ def push_segmentations(
                         "clasp_model_version": it.model_version,
                         "clasp_image_mode": img.mode,
                     },
-                    "predictions": [built.prediction] + [
+                    "predictions": [prediction] + [
                         build_prediction(alt, None, model_version=alternative_model_version(it.model_version, name, k),
                                          config=labeling, policy=policy).prediction
-                        for name, (k, alt) in sorted(it.alternatives.items())
+                        for name, (k, alt) in sorted(it.alternative_maps().items())
                     ],
                 }
             )
-            metas.append((it, len(built.regions), built.score, img.mode))
+            metas.append((it, len(built.regions), prediction.get("score"), img.mode, prediction["model_version"]))
         if result.error:
             result.unsent.extend(it.image_id for it in todo[start:] if it.image_id not in result.failed)
             break
@@ -226,12 +251,12 @@ def push_segmentations(
         if task_ids is None:  # gave up: this batch and the rest wait for the next run
             result.unsent.extend(it.image_id for it in todo[start:] if it.image_id not in result.failed)
             break
-        records = [
-            PushRecord(it.image_id, it.segmentation_id, it.model_version, project.id, tid, None, n,
+        records = [  # the link records the model version actually pushed (with its exemplar set)
+            PushRecord(it.image_id, it.segmentation_id, pushed_mv, project.id, tid, None, n,
                        None if score is None else round(score, 6), mode)
-            for (it, n, score, mode), tid in zip(metas, task_ids)
+            for (it, n, score, mode, pushed_mv), tid in zip(metas, task_ids)
         ]
-        for (_, _, _, mode) in metas:
+        for (_, _, _, mode, _) in metas:
             modes[mode] += 1
         result.sent.extend(records)
         if on_batch:
@@ -290,9 +315,20 @@ def _import_with_reconcile(
 def _fill_prediction_ids(
     client: LabelStudioClient, project_id: int, records: list[PushRecord], retry: bool | RetryPolicy = True
 ) -> None:
+    """Prediction id of every record: the one of its model version, else (a task found by key,
+    pushed earlier with suggested labels) the one with the same base version, whose model
+    version the record then takes."""
     by_task: dict[tuple[int, str], int] = {}
+    by_base: dict[tuple[int, str], tuple[int, str]] = {}
     for p in client.predictions(project_id, retry):
-        k = (int(p.get("task")), str(p.get("model_version")))
-        by_task.setdefault(k, int(p["id"]))
+        mv = str(p.get("model_version"))
+        by_task.setdefault((int(p.get("task")), mv), int(p["id"]))
+        by_base.setdefault((int(p.get("task")), base_model_version(mv)), (int(p["id"]), mv))
     for r in records:
-        r.prediction_id = by_task.get((r.task_id, r.model_version))
+        exact = by_task.get((r.task_id, r.model_version))
+        if exact is not None:
+            r.prediction_id = exact
+            continue
+        found = by_base.get((r.task_id, base_model_version(r.model_version)))
+        if found is not None:
+            r.prediction_id, r.model_version = found

@@ -150,25 +150,87 @@ def region_suggestion_map(regions: Iterable[Any], suggestions_by_segment: dict[i
     return out
 
 
+class SuggestionSource:
+    """Suggestions for stored segmentations during one push: each embedding model's exemplar
+    index is loaded (or built) and refreshed from SQL once, on first use, then reused.
+
+    Parameters
+    ----------
+    session : Session
+        Where the segments' embeddings and the exemplars are read.
+    index_dir : path, optional
+        Where the persisted indexes live (setting ``exemplar_index_dir``); None builds in memory.
+    k : int
+        Neighbours per vote.
+    """
+
+    def __init__(self, session: Any, index_dir: Any = None, *, k: int = K):
+        self.session = session
+        self.index_dir = index_dir
+        self.k = k
+        self._indexes: dict[str, ExemplarIndex | None] = {}
+
+    def index(self, model: str) -> ExemplarIndex | None:
+        """The exemplar index of ``model`` (None when it has no exemplar), built once per source."""
+        if model not in self._indexes:
+            from integrations.review.exemplar_index import load_or_build
+
+            self._indexes[model] = load_or_build(self.session, model, self.index_dir)
+        return self._indexes[model]
+
+    @property
+    def builds(self) -> int:
+        """How many embedding models' indexes were loaded or built."""
+        return len(self._indexes)
+
+    def for_segmentation(self, segmentation_id: int) -> tuple[dict[int, Suggestion], str | None]:
+        """Suggestion of every stored segment (segment label -> Suggestion) and the exemplar set's
+        version (None when there is no exemplar of this embedding model: all neutral)."""
+        from sqlalchemy import select
+
+        from integrations.db.models import SegmentRow
+
+        rows = self.session.execute(
+            select(SegmentRow.label, SegmentRow.embedding, SegmentRow.embedding_model)
+            .where(SegmentRow.segmentation_id == segmentation_id).order_by(SegmentRow.label)).all()
+        with_emb = [(lab, emb, model) for lab, emb, model in rows if emb is not None]
+        out = {int(lab): NEUTRAL for lab, _, _ in rows}
+        if not with_emb:
+            log.info("segmentation %s: no region embeddings stored: its proposals stay neutral", segmentation_id)
+            return out, None
+        model = with_emb[0][2]
+        first_use = model not in self._indexes
+        index = self.index(model)
+        if index is None or index.size == 0:  # one log line per model and push, not one per image
+            if first_use:
+                log.info("no exemplars of embedding model %s yet: its proposals stay neutral", model)
+            return out, None
+        got = suggest(index, np.stack([np.asarray(e, dtype=np.float32) for _, e, _ in with_emb]), k=self.k,
+                      where=f"segmentation {segmentation_id} ({model}): ")
+        out.update({int(lab): s for (lab, _, _), s in zip(with_emb, got)})
+        return out, index.version
+
+    def refine(self, segmentation_id: int, *, threshold: float, taxonomy: Iterable[str],
+               safe_label: str = SAFE_LABEL):
+        """A ``PushItem.refine`` for one stored segmentation: the built prediction with the
+        confident suggestions as labels (``apply_suggestions``); unchanged, with its base
+        model_version, when there is no exemplar of the segmentation's embedding model."""
+        allowed = list(taxonomy)
+
+        def refine(built: Any) -> dict[str, Any]:
+            by_segment, version = self.for_segmentation(segmentation_id)
+            if version is None:
+                return built.prediction
+            return apply_suggestions(built.prediction, region_suggestion_map(built.regions, by_segment),
+                                     threshold=threshold, exemplar_version=version, taxonomy=allowed,
+                                     safe_label=safe_label)
+
+        return refine
+
+
 def segmentation_suggestions(session: Any, segmentation_id: int, index_dir: Any = None, *, k: int = K
                              ) -> tuple[dict[int, Suggestion], str | None]:
     """Suggestion of every stored segment of one segmentation (segment label -> Suggestion) and the
-    exemplar set's version (None when there is no exemplar of this embedding model: all neutral)."""
-    from sqlalchemy import select
-
-    from integrations.db.models import SegmentRow
-    from integrations.review.exemplar_index import load_or_build
-
-    rows = session.execute(select(SegmentRow.label, SegmentRow.embedding, SegmentRow.embedding_model)
-                           .where(SegmentRow.segmentation_id == segmentation_id).order_by(SegmentRow.label)).all()
-    with_emb = [(lab, emb, model) for lab, emb, model in rows if emb is not None]
-    if not with_emb:
-        log.info("segmentation %s: no region embeddings stored: its proposals stay neutral", segmentation_id)
-        return {lab: NEUTRAL for lab, _, _ in rows}, None
-    model = with_emb[0][2]
-    index = load_or_build(session, model, index_dir)
-    got = suggest(index, np.stack([np.asarray(e, dtype=np.float32) for _, e, _ in with_emb]), k=k,
-                  where=f"segmentation {segmentation_id} ({model}): ")
-    out = {lab: NEUTRAL for lab, _, _ in rows}
-    out.update({lab: s for (lab, _, _), s in zip(with_emb, got)})
-    return out, None if index is None else index.version
+    exemplar set's version (None when there is no exemplar of this embedding model: all neutral).
+    For many segmentations, use one ``SuggestionSource`` (one index build)."""
+    return SuggestionSource(session, index_dir, k=k).for_segmentation(segmentation_id)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from integrations.db.reviews import mark_reviewed, project_links, reviews_by_annotation, save_review, stored_survivals
 from integrations.label_studio.client import LabelStudioClient, LabelStudioUnavailable, Project
 from integrations.label_studio.config import LabelingConfig
+from integrations.label_studio.predictions import base_model_version
 from integrations.label_studio.review import aggregate, regions_from_result, survival
 from integrations.review.exemplars import exemplars_from_reviews
 from integrations.review.push import project_url
@@ -114,7 +115,11 @@ def pull_reviews(
         preds = [p for p in task.get("predictions") or [] if isinstance(p, dict)]
         if not preds:  # the export lists prediction ids only: read the task's predictions
             preds = client.task_predictions(tid)
-        preds = [p for p in preds if p.get("model_version") == link.model_version]
+        # the prediction the link names: same base model version (it may carry suggested labels
+        # of an exemplar set, `<base>+<exemplar version>`); the exact one first
+        base = base_model_version(link.model_version)
+        preds = sorted((p for p in preds if base_model_version(p.get("model_version") or "") == base),
+                       key=lambda p: p.get("model_version") != link.model_version)
         proposals = regions_from_result(preds[0].get("result", []), labeling.from_name) if preds else []
         for ann in sorted(task.get("annotations") or [], key=lambda a: a.get("id", 0)):
             if ann.get("was_cancelled"):
