@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from integrations.label_studio.config import LabelingConfig  # noqa: E402
-from integrations.label_studio.predictions import RegionPolicy, _adjacency, build_prediction, colour_regions  # noqa: E402
+from integrations.label_studio.predictions import RegionPolicy, region_adjacency, build_prediction, colour_regions  # noqa: E402
 
 
 def main() -> int:
@@ -48,7 +48,7 @@ def main() -> int:
                 group[list(r.labels)] = i
             rmap = group[s.labels.astype(np.int64)]
             name = [x["value"]["brushlabels"][0] for x in built.prediction["result"]]
-            adj = _adjacency(np.where(rmap >= 0, rmap, len(name)), len(name) + 1)[:-1, :-1]
+            adj = region_adjacency(np.where(rmap >= 0, rmap, len(name)), len(name) + 1)[:-1, :-1]
             t = time.perf_counter()
             colour_regions(rmap, list(range(len(name))), len(cfg.palette))
             colour_ms.append((time.perf_counter() - t) * 1000)

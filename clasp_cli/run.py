@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hash-content", action="store_true",
                         help="read and hash images at registration: the same bytes under two names count once")
     parser.add_argument("--no-review", action="store_true", help="do not push to Label Studio even if configured")
+    parser.add_argument("--granularity", action="store_true",
+                        help="also push the coarser and finer partitions as extra predictions "
+                             "(default CLASP_LABEL_STUDIO_GRANULARITY or off)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", action="store_true", help="only warnings from Prefect's logger")
 
@@ -125,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     # The flows read the database URL from the environment: a URL with a password
     # passed as a flow parameter would be shown on the dashboard.
     os.environ["CLASP_DATABASE_URL"] = settings.database_url
+    if args.granularity:  # the push reads it from the settings, like every Label Studio option
+        os.environ["CLASP_LABEL_STUDIO_GRANULARITY"] = "true"
     # In-process there is nobody to notice a crashed run from its missing heartbeats,
     # and each flow would wait ~1 s for its heartbeat thread at its end.
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):

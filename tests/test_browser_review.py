@@ -363,7 +363,7 @@ def test_touching_proposals_are_drawn_in_different_colours(label_studio_server, 
 def test_reviewer_sees_coloured_engine_proposals(label_studio_server, chromium, artifacts_dir):
     """The default a reviewer gets: a sample photo's proposals, touching ones in different colours."""
     from clasp_engine import Segmenter, SegmenterConfig
-    from integrations.label_studio.predictions import _adjacency
+    from integrations.label_studio.predictions import region_adjacency
     from integrations.samples import sample_image_paths
 
     photo = next(p for p in sample_image_paths() if p.name == "grace_hopper.jpg")
@@ -382,7 +382,7 @@ def test_reviewer_sees_coloured_engine_proposals(label_studio_server, chromium, 
         task_id = (r.sent or r.existing)[0].task_id
         pred = ls.task_predictions(task_id)[0]
     names = {int(x["id"].split("-")[1]): x["value"]["brushlabels"][0] for x in pred["result"]}
-    adj = _adjacency(seg.labels.astype(np.int64), seg.k)
+    adj = region_adjacency(seg.labels.astype(np.int64), seg.k)
     pairs = [(a, b) for a in range(seg.k) for b in range(a + 1, seg.k) if adj[a, b] > 0]
     assert pairs and all(names[a] != names[b] for a, b in pairs)
     assert len({x["score"] for x in pred["result"]}) > 1  # scores carry the engine's varying confidence

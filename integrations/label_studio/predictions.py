@@ -109,7 +109,7 @@ class BuiltPrediction:
         return self.prediction.get("score")
 
 
-def _adjacency(labels: np.ndarray, k: int) -> np.ndarray:
+def region_adjacency(labels: np.ndarray, k: int) -> np.ndarray:
     """Shared-border counts between labels (4-neighbourhood), k x k symmetric."""
     adj = np.zeros((k, k), dtype=np.int64)
     for a, b in ((labels[:, 1:], labels[:, :-1]), (labels[1:, :], labels[:-1, :])):
@@ -142,7 +142,7 @@ def plan_regions(labels: np.ndarray, policy: RegionPolicy) -> tuple[np.ndarray, 
                 dropped.append(int(i))
         return group, sorted(dropped), merged
 
-    adj = _adjacency(labels, k) if k > 1 else np.zeros((k, k), dtype=np.int64)
+    adj = region_adjacency(labels, k) if k > 1 else np.zeros((k, k), dtype=np.int64)
     while True:
         live = np.flatnonzero(alive)
         if live.size <= 1:
@@ -193,7 +193,7 @@ def colour_regions(label_map: np.ndarray, values: list[int], n_colours: int) -> 
     lut = np.full(max(k, int(label_map.max()) + 1 if label_map.size else 1), -1, dtype=np.int64)
     for v, i in index.items():
         lut[v] = i
-    border = _adjacency(np.where(lut[label_map] >= 0, lut[label_map], len(values)), len(values) + 1)[:-1, :-1]
+    border = region_adjacency(np.where(lut[label_map] >= 0, lut[label_map], len(values)), len(values) + 1)[:-1, :-1]
     np.fill_diagonal(border, 0)
     n = len(values)
     degree = (border > 0).sum(1)
