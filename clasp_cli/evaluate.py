@@ -276,14 +276,7 @@ def run(args: argparse.Namespace) -> int:
     _print_table(report, table_out)
 
     if args.json:
-        text = json.dumps(report, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            out = Path(args.json)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text + "\n")
-            print(f"report   {out}")
+        write_json_report(report, args.json, sys.stdout)
     if args.report:
         out_dir = Path(args.report)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -359,6 +352,18 @@ def _report(args, ds, protocol, per_image, skipped, totals, region_list, config,
 
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 100:.1f} %"
+
+
+def write_json_report(report: dict[str, Any], dest: str, log: Any) -> None:
+    """The report as JSON on stdout (`dest` "-") or in the file `dest` (its folder created), said on `log`."""
+    text = json.dumps(report, indent=2)
+    if dest == "-":
+        print(text)
+        return
+    out = Path(dest)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    print(f"report   {out}", file=log)
 
 
 def _print_table(rep: dict[str, Any], out=None) -> None:

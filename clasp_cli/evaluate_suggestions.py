@@ -106,13 +106,9 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stderr if args.json == "-" else sys.stdout
     _print(report, out)
     if args.json:
-        text = json.dumps(report, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(text + "\n")
-            print(f"report   {args.json}", file=out)
+        from clasp_cli.evaluate import write_json_report
+
+        write_json_report(report, args.json, out)
     if args.report:
         curve = [(f, summary(simulate(proposals, f, seed=args.seed))) for f in CURVE_FRACTIONS]
         report["curve"] = [{"reviewed_fraction": f, "top1_accuracy": s["top1_accuracy"],
