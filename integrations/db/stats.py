@@ -67,4 +67,16 @@ def failure_reasons(session: Session, *, limit: int = 20) -> list[tuple[str, int
     return [(reason or "(no reason recorded)", int(c)) for reason, c in session.execute(stmt)]
 
 
-__all__ = ["counts_by_status", "failure_reasons", "k_distribution", "throughput"]
+def failed_images(session: Session, *, limit: int | None = 20) -> list[tuple[int, str, str]]:
+    """The images that ended failed, newest first: [(id, uri, reason)]; all of them with `limit=None`."""
+    stmt = (
+        select(Image.id, Image.uri, Image.last_error)
+        .where(Image.status == FAILED)
+        .order_by(Image.updated_at.desc(), Image.id.desc())
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [(int(i), uri, reason or "(no reason recorded)") for i, uri, reason in session.execute(stmt)]
+
+
+__all__ = ["counts_by_status", "failed_images", "failure_reasons", "k_distribution", "throughput"]
