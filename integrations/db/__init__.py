@@ -61,6 +61,13 @@ from integrations.db.schema import (
     upgrade,
 )
 from integrations.db.session import display_url, make_engine, make_session_factory, normalize_url, session_scope
-from integrations.db.stats import counts_by_status, failed_images, failure_reasons, k_distribution, throughput
+from integrations.db.stats import (
+    counts_by_status,
+    failed_images,
+    failure_reasons,
+    k_distribution,
+    run_failures,
+    throughput,
+)
 
 __all__ = [name for name in dir() if not name.startswith("_")]
