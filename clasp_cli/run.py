@@ -230,6 +230,9 @@ def describe(result: dict, settings, overlays: bool = True, failures: int | None
     lines += ["  " + line for line in failure_lines(
         "stored, but no overlay written", [(f["uri"], f"{f['stage']}: {f['reason']}") for f in missing],
         seg.get("overlays_failed", len(missing)), failures)]
+    notes = seg.get("notes", [])
+    lines += ["  " + line for line in failure_lines(
+        "segmented with a caveat", [(n["uri"], n["note"]) for n in notes], len(notes), failures)]
     lines.append(
         f"  speed         {seg['images_per_second']:.2f} images/s end to end "
         f"({seg['wall_seconds']:.1f} s, of which {seg.get('model_load_seconds', 0.0):.1f} s loading the model once)"

@@ -64,6 +64,7 @@ class Failure:
 class Prepared:
     items: list[Item] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    notes: list[dict[str, Any]] = field(default_factory=list)  # {image_id, uri, note}: animated, bad EXIF ...
     claimed: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # claim, read, decode
 
@@ -88,6 +89,7 @@ class BatchReport:
     backbone: str | None = None  # as the engine reports it (e.g. "auto" resolved)
     device: str | None = None
     overlay_failures: list[dict[str, Any]] = field(default_factory=list)  # stored, but no overlay written
+    notes: list[dict[str, Any]] = field(default_factory=list)  # decoded with a caveat, by name
 
     def final_failures(self) -> int:
         """Failures that ended the image (not those put back in the queue for another try)."""
@@ -100,6 +102,7 @@ class BatchReport:
         self.done += other.done
         self.failures.extend(other.failures)
         self.overlay_failures.extend(other.overlay_failures)
+        self.notes.extend(other.notes)
         self.k_counts.update(other.k_counts)
         for mine, theirs in ((self.stage_seconds, other.stage_seconds), (self.io_seconds, other.io_seconds)):
             for key, value in theirs.items():
@@ -125,6 +128,7 @@ def prepare_batch(database_url: str, worker_id: str, n: int, settings_json: dict
     from clasp_engine.images import load_image
     from integrations import sources
     from integrations import db as repo
+    from integrations.image_notes import collect_decode_warnings, decode_notes
 
     settings = Settings(**settings_json)
     out = Prepared()
@@ -158,8 +162,11 @@ def prepare_batch(database_url: str, worker_id: str, n: int, settings_json: dict
             continue
         t = time.perf_counter()
         try:
-            image = load_image(data, max_pixels=settings.max_image_pixels)
+            with collect_decode_warnings() as caught:
+                image = load_image(data, max_pixels=settings.max_image_pixels)
+                notes = decode_notes(data)
             out.items.append(Item(image_id, uri, image))
+            out.notes += [{"image_id": image_id, "uri": uri, "note": n} for n in dict.fromkeys(notes + caught)]
         except InvalidImageError as exc:
             out.failures.append(Failure(image_id, uri, "decode", exc.reason))
         except Exception as exc:  # a decoder bug on one file must not sink the batch
@@ -227,7 +234,9 @@ def store_batch(
     settings_json: dict[str, Any],
 ) -> BatchReport:
     """Store masks and diagnostics, record failures with reasons, write overlays; one transaction."""
-    report = BatchReport(claimed=prepared.claimed)
+    report = BatchReport(claimed=prepared.claimed, notes=list(prepared.notes))
+    for n in prepared.notes:
+        get_run_logger().warning("%s: %s", n["uri"], n["note"])
     for key, value in prepared.seconds.items():
         _add_seconds(report.io_seconds, key, value)
     for key, value in segmented.seconds.items():
@@ -628,6 +637,7 @@ def summarize(total: BatchReport, wall: float, run_id: Any, config_json: dict[st
         "failures_listed": min(len(total.failures), MAX_FAILURES_LISTED),
         "overlay_failures": total.overlay_failures[:MAX_FAILURES_LISTED],  # stored, but no overlay written
         "overlays_failed": len(total.overlay_failures),
+        "notes": total.notes[:MAX_FAILURES_LISTED],  # decoded with a caveat (animated, unreadable EXIF), by name
         "failure_reasons": dict(reasons.most_common()),
         "k_distribution": {int(k): int(v) for k, v in sorted(total.k_counts.items())},
         "seconds_per_image_per_stage": per_image,
