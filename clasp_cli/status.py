@@ -31,7 +31,12 @@ def collect(database_url: str, runs: int = 5, reasons: int = 10, failures: int |
     from integrations.db.session import display_url, session_scope
 
     with session_scope(database_url) as session:
-        abandoned = repo.close_dead_runs(session)
+        try:
+            abandoned = repo.close_dead_runs(session)
+        except Exception as exc:  # noqa: BLE001 - e.g. a read-only database user: report anyway
+            session.rollback()
+            abandoned = []
+            print(f"clasp status: could not close dead runs ({type(exc).__name__}: {exc})", file=sys.stderr)
         images = repo.counts_by_status(session)
         latest = [
             {
