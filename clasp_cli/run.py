@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from clasp_cli import options
+from clasp_cli.failures import add_failures_argument, failure_lines
 from clasp_engine.config import BACKBONES, VARIANTS
 
 # A closed network: no telemetry from the client or the local server.
@@ -64,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also push the coarser and finer partitions as extra predictions "
                              "(default CLASP_LABEL_STUDIO_GRANULARITY or off)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_failures_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="only warnings from Prefect's logger")
 
 
@@ -130,6 +132,11 @@ def run(args: argparse.Namespace) -> int:
     os.environ["CLASP_DATABASE_URL"] = settings.database_url
     if args.granularity:  # the push reads it from the settings, like every Label Studio option
         os.environ["CLASP_LABEL_STUDIO_GRANULARITY"] = "true"
+
+    # Started now, so that it dies with this command even on kill -9 (clasp_cli/temporary_server.py).
+    from clasp_cli.temporary_server import start_tied_prefect_server
+
+    start_tied_prefect_server()
     # In-process there is nobody to notice a crashed run from its missing heartbeats,
     # and each flow would wait ~1 s for its heartbeat thread at its end.
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
@@ -163,10 +170,12 @@ def run(args: argparse.Namespace) -> int:
         result["review"] = {"skipped": True, "reason": f"the local Label Studio did not start ({demo['error']})"}
     if demo is not None:
         result["label_studio_demo"] = {k: v for k, v in demo.items() if k != "password"}
+    if args.failures is None:  # every failure of this run, from SQL (the summary carries a sample)
+        result["segment"]["failures"] = run_failures_all(settings.database_url, result["segment"])
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
-        print(describe(result, settings, overlays=not args.no_overlays))
+        print(describe(result, settings, overlays=not args.no_overlays, failures=args.failures))
         if demo is not None:
             print(describe_demo(demo, result))
     if demo is not None and "error" in demo:
@@ -210,7 +219,20 @@ def describe_demo(demo: dict, result: dict) -> str:
     ])
 
 
-def describe(result: dict, settings, overlays: bool = True) -> str:
+def run_failures_all(database_url: str, seg: dict) -> list[dict]:
+    """Every failure recorded under the segment run of `seg` (the flow's summary lists 200 at most)."""
+    from flows import resources
+    from integrations import db as repo
+
+    if "run_id" not in seg:
+        return seg.get("failures", [])
+    with resources.session(database_url) as session:
+        rows = repo.run_failures(session, seg["run_id"], limit=None)
+    return [{"image_id": i, "uri": uri, "reason": reason, "status": "failed" if final else "waiting"}
+            for i, uri, reason, final in rows if not reason.startswith("overlay: ")]
+
+
+def describe(result: dict, settings, overlays: bool = True, failures: int | None = 10) -> str:
     from integrations.db.session import display_url
 
     seg = result["segment"]
@@ -220,8 +242,19 @@ def describe(result: dict, settings, overlays: bool = True) -> str:
         lines.append(f"  registered    {ing['registered']} new of {ing['found']} found ({ing['already_known']} already known)")
     lines.append(f"  segmented     {seg['done']}  (K: " + ", ".join(f"{k}x{c}" for k, c in seg["k_distribution"].items()) + ")")
     lines.append(f"  failed        {seg['failed']}")
-    for reason, count in list(seg["failure_reasons"].items())[:5]:
+    for reason, count in list(seg.get("failure_reasons", {}).items())[:5]:
         lines.append(f"      {count} x {reason}")
+    failed = [f for f in seg.get("failures", []) if f.get("status") != "waiting"]
+    lines += ["  " + line for line in failure_lines(
+        "failed images", [(f["uri"], f"{f['stage']}: {f['reason']}" if f.get("stage") else f["reason"]) for f in failed],
+        seg.get("failed", len(failed)), failures)]
+    missing = seg.get("overlay_failures", [])
+    lines += ["  " + line for line in failure_lines(
+        "stored, but no overlay written", [(f["uri"], f"{f['stage']}: {f['reason']}") for f in missing],
+        seg.get("overlays_failed", len(missing)), failures)]
+    notes = seg.get("notes", [])
+    lines += ["  " + line for line in failure_lines(
+        "segmented with a caveat", [(n["uri"], n["note"]) for n in notes], len(notes), failures)]
     lines.append(
         f"  speed         {seg['images_per_second']:.2f} images/s end to end "
         f"({seg['wall_seconds']:.1f} s, of which {seg.get('model_load_seconds', 0.0):.1f} s loading the model once)"

@@ -1,4 +1,10 @@
-"""`clasp status [--json]`: images by status, the latest runs, the most common failure reasons."""
+"""`clasp status [--json] [--failures N|all]`: images by status, the latest runs, the most common
+failure reasons and the failed images by name.
+
+Before reporting, runs whose process died without closing them (kill -9, out of
+memory) are closed as `abandoned` and their claims go back to the queue
+(`integrations.db.runs.close_dead_runs`): a report never shows a dead run as running.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clasp_cli.options import non_negative_int
+from clasp_cli.failures import DEFAULT_SAMPLE, add_failures_argument, failure_lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,13 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=non_negative_int, default=5, help="how many of the latest runs to show (default 5)")
     parser.add_argument("--reasons", type=non_negative_int, default=10, help="how many failure reasons to show (default 10)")
     parser.add_argument("--json", action="store_true", help="print JSON: {images: {status: count}, runs, failure_reasons}")
+    add_failures_argument(parser)
 
 
-def collect(database_url: str, runs: int = 5, reasons: int = 10) -> dict[str, Any]:
+def collect(database_url: str, runs: int = 5, reasons: int = 10, failures: int | None = DEFAULT_SAMPLE) -> dict[str, Any]:
     from integrations import db as repo
     from integrations.db.session import display_url, session_scope
 
     with session_scope(database_url) as session:
+        try:
+            abandoned = repo.close_dead_runs(session)
+        except Exception as exc:  # noqa: BLE001 - e.g. a read-only database user: report anyway
+            session.rollback()
+            abandoned = []
+            print(f"clasp status: could not close dead runs ({type(exc).__name__}: {exc})", file=sys.stderr)
         images = repo.counts_by_status(session)
         latest = [
             {
@@ -43,6 +57,8 @@ def collect(database_url: str, runs: int = 5, reasons: int = 10) -> dict[str, An
         ]
         failure_reasons = [{"reason": reason, "images": n} for reason, n in repo.failure_reasons(session, limit=reasons)]
         k_distribution = repo.k_distribution(session)
+        failed = [{"id": i, "uri": uri, "reason": reason}
+                  for i, uri, reason in repo.failed_images(session, limit=failures)]
     return {
         "database": display_url(database_url),
         "images": images,
@@ -50,6 +66,8 @@ def collect(database_url: str, runs: int = 5, reasons: int = 10) -> dict[str, An
         "k_distribution": {str(k): v for k, v in k_distribution.items()},
         "runs": latest,
         "failure_reasons": failure_reasons,
+        "failed_images": failed,  # newest first; --failures all for every one
+        "abandoned_runs_closed": abandoned,
     }
 
 
@@ -78,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"clasp status: {status.describe()}", file=sys.stderr)
         return 1
     try:
-        data = collect(url, args.runs, args.reasons)
+        data = collect(url, args.runs, args.reasons, args.failures)
     except SchemaError as exc:
         print(f"clasp status: {exc}", file=sys.stderr)
         return 1
@@ -117,4 +135,9 @@ def describe(data: dict[str, Any]) -> str:
         lines.append("most common failure reasons:")
         for f in data["failure_reasons"]:
             lines.append(f"  {f['images']:>5} x {f['reason']}")
+    lines += failure_lines("failed images, newest first", [(f["uri"], f["reason"]) for f in data.get("failed_images", [])],
+                           data["images"].get("failed", 0), None)
+    if data.get("abandoned_runs_closed"):
+        ids = ", ".join(f"#{i}" for i in data["abandoned_runs_closed"])
+        lines.append(f"closed as abandoned (their process is gone): run {ids}; their images went back to the queue")
     return "\n".join(lines)

@@ -10,8 +10,14 @@ stages overlap, so the accelerator rarely waits for the database or the disk:
 - The Segmenter (and its model) is built once per worker process and reused
   (`flows.resources.get_segmenter`); DenseCRF runs batched inside `segment_batch`.
 - One bad image fails alone, with its reason, in SQL; the rest of its batch goes on.
-- A batch whose task crashes leaves its images claimed: their lease expires and
-  the next run (or another worker) reclaims them.
+- While a run works, `flows.lease.LeaseKeeper` renews the leases of every image it
+  holds (and the run's heartbeat), so a live worker never loses its claims. A worker
+  that dies (kill -9, out of memory) stops renewing: its leases expire and the next
+  run (or another worker) reclaims them.
+- Every failure is stored with its stage and real cause (read, decode, segment,
+  store; an overlay that cannot be written is recorded too, the result is kept). If
+  the flow itself fails, the images it still holds are recorded failed with that
+  cause (released, when it was interrupted): nothing stays claimed.
 - Retries with backoff only for transient errors (database connection,
   network); never for bad input.
 """
@@ -31,7 +37,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import dashboard, gpu_slots, resources, timeouts
+from flows import dashboard, gpu_slots, lease, resources, timeouts
 from flows.retry import is_transient, transient_task
 from integrations.settings import Settings, check_count, load_settings
 
@@ -59,6 +65,7 @@ class Failure:
 class Prepared:
     items: list[Item] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    notes: list[dict[str, Any]] = field(default_factory=list)  # {image_id, uri, note}: animated, bad EXIF ...
     claimed: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # claim, read, decode
 
@@ -82,6 +89,8 @@ class BatchReport:
     io_seconds: dict[str, float] = field(default_factory=dict)  # claim, read, decode, engine_wall, store, overlay
     backbone: str | None = None  # as the engine reports it (e.g. "auto" resolved)
     device: str | None = None
+    overlay_failures: list[dict[str, Any]] = field(default_factory=list)  # stored, but no overlay written
+    notes: list[dict[str, Any]] = field(default_factory=list)  # decoded with a caveat, by name
 
     def final_failures(self) -> int:
         """Failures that ended the image (not those put back in the queue for another try)."""
@@ -93,6 +102,8 @@ class BatchReport:
         self.claimed += other.claimed
         self.done += other.done
         self.failures.extend(other.failures)
+        self.overlay_failures.extend(other.overlay_failures)
+        self.notes.extend(other.notes)
         self.k_counts.update(other.k_counts)
         for mine, theirs in ((self.stage_seconds, other.stage_seconds), (self.io_seconds, other.io_seconds)):
             for key, value in theirs.items():
@@ -122,6 +133,7 @@ def prepare_batch(
     from clasp_engine.images import decoded_pixels, load_image
     from integrations import sources
     from integrations import db as repo
+    from integrations.image_notes import collect_decode_warnings, decode_notes
 
     settings = Settings(**settings_json)
     out = Prepared()
@@ -129,6 +141,7 @@ def prepare_batch(
     with resources.session(database_url) as session:
         # claim_batch first puts expired leases back in the queue (crashed workers).
         claimed = repo.claim_batch(session, worker_id, n, settings.lease_seconds, max_attempts=settings.max_attempts)
+    lease.hold(worker_id, [img.id for img in claimed])  # renewed while this worker lives (flows/lease.py)
     rows = [(img.id, img.uri) for img in claimed]
     out.claimed = len(rows)
     out.seconds["claim"] = time.perf_counter() - t0
@@ -160,8 +173,11 @@ def prepare_batch(
         used += cost
         t = time.perf_counter()
         try:
-            image = load_image(data, max_pixels=settings.max_image_pixels, draft_side=decode_side, name=uri)
+            with collect_decode_warnings() as caught:
+                image = load_image(data, max_pixels=settings.max_image_pixels, draft_side=decode_side, name=uri)
+                notes = decode_notes(data)
             out.items.append(Item(image_id, uri, image))
+            out.notes += [{"image_id": image_id, "uri": uri, "note": n} for n in dict.fromkeys(notes + caught)]
         except InvalidImageError as exc:
             out.failures.append(Failure(image_id, uri, "decode", exc.reason))
         except Exception as exc:  # a decoder bug on one file must not sink the batch
@@ -226,26 +242,32 @@ def store_batch(
     settings_json: dict[str, Any],
 ) -> BatchReport:
     """Store masks and diagnostics, record failures with reasons, write overlays; one transaction."""
-    report = BatchReport(claimed=prepared.claimed)
+    report = BatchReport(claimed=prepared.claimed, notes=list(prepared.notes))
+    for n in prepared.notes:
+        get_run_logger().warning("%s: %s", n["uri"], n["note"])
     for key, value in prepared.seconds.items():
         _add_seconds(report.io_seconds, key, value)
     for key, value in segmented.seconds.items():
         _add_seconds(report.io_seconds, key, value)
 
+    overlay_failures: list[Failure] = []
     if overlay_dir and segmented.done:
         t = time.perf_counter()
-        _write_overlays(Path(overlay_dir), segmented.done)
+        overlay_failures = _write_overlays(Path(overlay_dir), segmented.done)
         report.io_seconds["overlay"] = time.perf_counter() - t
 
     t = time.perf_counter()
     failures = prepared.failures + segmented.failures
-    stored, lost = _store(database_url, run_id, worker_id, segmented.done, failures, settings_json)
+    stored, lost, store_failures = _store(
+        database_url, run_id, worker_id, segmented.done, failures, settings_json, overlay_failures
+    )
+    failures = failures + store_failures
     report.io_seconds["store"] = time.perf_counter() - t
     if lost:
         get_run_logger().warning("%d images were reclaimed by another worker before they were stored: %s", len(lost), lost)
 
     for item, segmentation in segmented.done:
-        if item.image_id in lost:
+        if item.image_id in lost or item.image_id in stored:  # (stored: its result could not be stored)
             continue
         report.done += 1
         report.backbone = report.backbone or segmentation.diagnostics.backbone
@@ -259,6 +281,12 @@ def store_batch(
         for f in failures
         if f.image_id not in lost
     ]
+    # The image is stored (segmented), only its overlay is missing: listed, not counted as failed.
+    report.overlay_failures = [
+        {"image_id": f.image_id, "uri": f.uri, "stage": f.stage, "reason": f.reason}
+        for f in overlay_failures
+        if f.image_id not in lost and f.image_id not in stored
+    ]
     return report
 
 
@@ -269,38 +297,66 @@ def _store(
     done: list[tuple[Item, Any]],
     failures: list[Failure],
     settings_json: dict[str, Any],
-) -> tuple[dict[int, str], set[int]]:
-    """Write a batch in one transaction; if a lease was lost meanwhile, write image by image.
+    overlay_failures: list[Failure] = (),
+) -> tuple[dict[int, str], set[int], list[Failure]]:
+    """Write a batch in one transaction; if that fails, write image by image.
 
-    Returns (image id -> new status for failures, ids whose lease another worker took).
+    The slow path skips the images another worker now holds (lease lost), and an
+    image whose result cannot be stored (a non-transient error: bad data, a codec
+    bug) is recorded failed at stage "store" with that error, so that nothing stays
+    claimed. A transient error (database away) is raised, for the task's retries.
+    Returns (image id -> new status for failed images, ids whose lease another worker took,
+    the failures at stage "store").
     """
     from integrations import db as repo
 
     max_attempts = int(settings_json.get("max_attempts", 3))
     statuses: dict[int, str] = {}
+    all_ids = [item.image_id for item, _ in done] + [f.image_id for f in failures]
     with resources.session(database_url) as session:
         try:
             for item, segmentation in done:
                 repo.store_segmentation(session, item.image_id, run_id, segmentation, worker_id, commit=False)
+            for f in overlay_failures:
+                repo.record_failed_step(session, f.image_id, f"{f.stage}: {f.reason}", worker_id, run_id=run_id,
+                                        commit=False)
             for f in failures:
                 statuses[f.image_id] = repo.record_failure(
                     session, f.image_id, f"{f.stage}: {f.reason}", worker_id, f.retryable,
                     max_attempts=max_attempts, run_id=run_id, commit=False,
                 )
             session.commit()
-            return statuses, set()
+            lease.let_go(worker_id, all_ids)
+            return statuses, set(), []
         except repo.LeaseLostError:
             session.rollback()  # (the repository already rolled back; keep it explicit)
-    # Slow path: one transaction per image, skipping those another worker now holds.
+        except Exception as exc:
+            session.rollback()
+            if is_transient(exc):
+                raise
+            get_run_logger().warning("storing the batch failed (%s); storing its images one by one", _reason(exc))
+    # Slow path: one transaction per image.
     lost: set[int] = set()
     statuses.clear()
+    store_failures: list[Failure] = []
+    missing_overlay = {f.image_id: f for f in overlay_failures}
     with resources.session(database_url) as session:
         for item, segmentation in done:
             try:
                 repo.store_segmentation(session, item.image_id, run_id, segmentation, worker_id)
             except repo.LeaseLostError:
                 lost.add(item.image_id)
-        for f in failures:
+                continue
+            except Exception as exc:
+                session.rollback()
+                if is_transient(exc):
+                    raise
+                store_failures.append(Failure(item.image_id, item.uri, "store", _reason(exc)))
+                continue
+            f = missing_overlay.get(item.image_id)
+            if f is not None:
+                repo.record_failed_step(session, f.image_id, f"{f.stage}: {f.reason}", worker_id, run_id=run_id)
+        for f in failures + store_failures:
             try:
                 statuses[f.image_id] = repo.record_failure(
                     session, f.image_id, f"{f.stage}: {f.reason}", worker_id, f.retryable,
@@ -308,21 +364,34 @@ def _store(
                 )
             except repo.LeaseLostError:
                 lost.add(f.image_id)
-    return statuses, lost
+    lease.let_go(worker_id, all_ids)
+    return statuses, lost, store_failures
 
 
-def _write_overlays(directory: Path, done: list[tuple[Item, Any]]) -> None:
+def _write_overlays(directory: Path, done: list[tuple[Item, Any]]) -> list[Failure]:
+    """Write each image's overlay; returns the images whose overlay could not be written, with the
+    error (an unwritable or full output folder fails every image with that error). Their
+    results are stored all the same: the masks are the product, an overlay is a view of one."""
     from PIL import Image
 
     try:
         from clasp_engine.render import overlay
     except ImportError:  # the engine's renderer is optional here: masks are in SQL anyway
         get_run_logger().warning("clasp_engine.render is not available: no overlays written")
-        return
+        return []
 
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except Exception as exc:  # noqa: BLE001 - PermissionError, a file in the way, read-only disk
+        reason = f"{directory}: {_reason(exc)}"
+        return [Failure(item.image_id, item.uri, "overlay", reason) for item, _ in done]
+    failed = []
     for item, segmentation in done:
-        Image.fromarray(overlay(item.image, segmentation.labels)).save(directory / overlay_name(item), quality=85)
+        try:
+            Image.fromarray(overlay(item.image, segmentation.labels)).save(directory / overlay_name(item), quality=85)
+        except Exception as exc:  # noqa: BLE001 - one overlay never sinks the batch's results
+            failed.append(Failure(item.image_id, item.uri, "overlay", _reason(exc)))
+    return failed
 
 
 def overlay_name(item: Item) -> str:
@@ -345,13 +414,15 @@ def open_run(
     from integrations import db as repo
 
     with resources.session(database_url) as session:
+        abandoned = repo.close_dead_runs(session, max_attempts=max_attempts)  # killed runs, closed as such
         reclaimed = repo.reclaim_expired(session, max_attempts=max_attempts)
         run_id = repo.start_run(
             session, config_json, worker_id=worker_id, orchestrator_run_id=flow_run_id or None,
             device=config_json.get("device"),
         )
         waiting = repo.counts_by_status(session).get("waiting", 0)
-    return {"run_id": run_id, "reclaimed": reclaimed.requeued, "failed_after_leases": reclaimed.failed, "waiting": waiting}
+    return {"run_id": run_id, "reclaimed": reclaimed.requeued, "failed_after_leases": reclaimed.failed, "waiting": waiting,
+            "abandoned_runs": abandoned}
 
 
 @transient_task("close-run", timeout_seconds=timeouts.BOOKKEEPING)
@@ -373,8 +444,44 @@ def give_back(database_url: str, worker_id: str, pending: Any) -> None:
         if ids:
             with resources.session(database_url) as session:
                 repo.release_claims(session, worker_id, ids)
+            lease.let_go(worker_id, ids)
     except BaseException:  # best effort: the lease expiry covers the rest
         pass
+
+
+def settle_claims(
+    database_url: str, worker_id: str, run_id: Any, image_ids: list[int], stage: str, exc: BaseException,
+    max_attempts: int,
+) -> None:
+    """End this run's claims after the flow failed at `stage` with `exc`.
+
+    An error (`Exception`) is recorded for each image, under the run, with the stage and
+    the real reason; it is retryable when the error is transient. An interruption
+    (KeyboardInterrupt, SystemExit, cancellation) is nobody's fault: the claims are
+    released without counting an attempt. Best effort: what cannot be written here
+    expires with its lease (the keeper has stopped renewing it).
+    """
+    from integrations import db as repo
+
+    if not image_ids:
+        return
+    try:
+        with resources.session(database_url) as session:
+            if not isinstance(exc, Exception):
+                repo.release_claims(session, worker_id, image_ids)
+                return
+            reason, retryable = f"{stage}: {_reason(exc)}", is_transient(exc)
+            for image_id in image_ids:
+                try:
+                    repo.record_failure(session, image_id, reason, worker_id, retryable,
+                                        max_attempts=max_attempts, run_id=run_id)
+                except repo.LeaseLostError:
+                    pass
+    except BaseException as err:  # noqa: BLE001
+        try:
+            get_run_logger().warning("could not record the failure of %d claimed images (%s)", len(image_ids), err)
+        except BaseException:
+            pass
 
 
 # ---------------------------------------------------------------- the flow
@@ -426,6 +533,9 @@ def segment(
 
     total = BatchReport()
     claimed_so_far = 0
+    # Renews the leases of every image this run holds, and the run's heartbeat (flows/lease.py).
+    keeper = lease.LeaseKeeper(url, worker_id, settings.lease_seconds, run_id=run_id).start()
+    stage = "prepare"  # where the flow is, to name the cause if it fails
 
     def next_claim() -> int:
         return n if limit is None else max(0, min(n, limit - claimed_so_far))
@@ -453,8 +563,10 @@ def segment(
 
     try:
         if warm is not None:
+            stage = "load-model"
             total.io_seconds["model_load"] = warm.result()
         while pending is not None:
+            stage = "prepare"
             prepared: Prepared = pending.result()
             pending = None
             if prepared.claimed == 0:
@@ -463,19 +575,24 @@ def segment(
             want = next_claim() if prepared.claimed == want else 0  # a short claim: the queue is empty
             pending = prepare_batch.submit(url, worker_id, want, settings_json, decode_side) if want else None
             claimed_so_far += want
+            stage = "segment"
             with gpu_slots.gpu_slot():  # one of CLASP_GPU_SLOTS global slots per batch on the GPU
                 segmented = segment_batch(prepared.items, engine_json)
             board.observe(segmented.done)
             if storing is not None:
+                stage = "store"
                 future, storing = storing, None
                 collect(future)
             storing = store_batch.submit(url, run_id, worker_id, prepared, segmented, overlay_dir, settings_json)
         if storing is not None:
+            stage = "store"
             future, storing = storing, None
             collect(future)
-    except BaseException:
-        # The batch that failed keeps its claims: its images come back when the lease
-        # expires. The prefetched batch was never started: give it back now.
+    except BaseException as exc:
+        # Nothing stays claimed: the prefetched batch, never started, is given back; every
+        # other image this run still holds is recorded failed with the real cause and the
+        # stage (a transient cause puts it back in the queue), or released when the run
+        # was interrupted or cancelled rather than broken.
         if storing is not None:
             try:
                 collect(storing)
@@ -483,6 +600,8 @@ def segment(
                 pass
         if pending is not None:
             give_back(url, worker_id, pending)
+        keeper.stop()
+        settle_claims(url, worker_id, run_id, keeper.held(), stage, exc, settings.max_attempts)
         close_run(url, run_id, "failed", total.backbone, total.device)
         update_progress_artifact(
             artifact_id=progress_id,
@@ -490,6 +609,7 @@ def segment(
             description=f"FAILED after {total.done} segmented (run {run_id}); see the flow run's logs",
         )
         raise
+    keeper.stop()
     update_progress_artifact(
         artifact_id=progress_id,
         progress=100.0,
@@ -526,6 +646,9 @@ def summarize(total: BatchReport, wall: float, run_id: Any, config_json: dict[st
         "requeued": len(total.failures) - total.final_failures(),
         "failures": total.failures[:MAX_FAILURES_LISTED],  # all of them are in SQL (`clasp status`)
         "failures_listed": min(len(total.failures), MAX_FAILURES_LISTED),
+        "overlay_failures": total.overlay_failures[:MAX_FAILURES_LISTED],  # stored, but no overlay written
+        "overlays_failed": len(total.overlay_failures),
+        "notes": total.notes[:MAX_FAILURES_LISTED],  # decoded with a caveat (animated, unreadable EXIF), by name
         "failure_reasons": dict(reasons.most_common()),
         "k_distribution": {int(k): int(v) for k, v in sorted(total.k_counts.items())},
         "seconds_per_image_per_stage": per_image,

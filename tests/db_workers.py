@@ -57,3 +57,21 @@ def upgrade_to_head(url: str) -> None:
     from integrations.db.schema import ensure_schema
 
     ensure_schema(url, upgrade=True)
+
+
+def register(url: str, uris: list[str], hashed: bool, barrier, out_file: str) -> None:
+    """Register `uris` (lazily, or with a content hash derived from the URI) once `barrier` lets
+    every process go; write "new known" counts to `out_file`."""
+    import hashlib
+
+    from integrations.db import ImageInput, add_images, make_session_factory
+
+    factory = make_session_factory(url)
+    items = [ImageInput(u, hashlib.sha256(u.encode()).hexdigest()) if hashed else u for u in uris]
+    with factory() as s:
+        s.execute(__import__("sqlalchemy").text("SELECT 1"))  # connected before the start signal
+        s.rollback()
+        barrier.wait(60)
+        result = add_images(s, items)
+    with open(out_file, "w") as f:
+        f.write(f"{len(result.new)} {len(result.known)}")

@@ -4,7 +4,7 @@
 - a corrupt file and an unreachable URL fail alone, with reasons, the rest is stored;
 - a second run processes nothing twice;
 - two `segment` flows at the same time on one database split the work, no duplicate;
-- a crashed batch leaves its images claimed, and they are reclaimed after the lease.
+- an error while storing fails the batch's images with that error (nothing left claimed).
 """
 
 from __future__ import annotations
@@ -195,36 +195,42 @@ def test_two_segment_flows_at_once_split_the_work(db_url, shared_data, tmp_path)
     assert len(counts) == len(paths) and set(counts.values()) == {1}, "an image was segmented twice"
 
 
-def test_crashed_batch_is_reclaimed_after_its_lease(shared_data, tmp_path, monkeypatch):
-    import datetime as dt
-
+def test_an_error_while_storing_is_recorded_with_its_cause(shared_data, tmp_path, monkeypatch):
+    """Was: "a crashed batch leaves its images claimed" until the lease expired, and the images
+    then failed as a crash with the real error lost (issue 13.4). An exception is not a crash:
+    each image is recorded failed with the stage and the error, counted in the run, nothing
+    stays claimed. (A real crash, kill -9, is in test_flows_leases.py and test_cli_orphans.py.)"""
     import sqlalchemy as sa
 
     from flows import resources
     from flows.ingest import ingest
     from flows.segment import segment
     from integrations import db as repo
-    from integrations.db.models import Image
+    from integrations.db.models import SegmentationRun
 
     paths = fs.shared_images(shared_data, limit=4)
     with fs.database("sqlite", tmp_path) as url:
         ingest([str(p) for p in paths], database_url=url)
 
-        def crash(*args, **kwargs):
-            raise RuntimeError("simulated worker crash while storing")
+        def broken(*args, **kwargs):
+            raise RuntimeError("simulated bug while storing")
 
-        monkeypatch.setattr(repo, "store_segmentation", crash)
-        state = segment(database_url=url, batch_size=4, overlays=False, return_state=True, **fs.FAST)
-        assert state.is_failed()
-        assert {im.status for im in _images(url)} == {"claimed"}  # left for the lease to expire
+        monkeypatch.setattr(repo, "store_segmentation", broken)
+        result = segment(database_url=url, batch_size=4, overlays=False, **fs.FAST)
+        assert (result["done"], result["failed"]) == (0, len(paths))
+        assert {f["reason"] for f in result["failures"]} == {"RuntimeError: simulated bug while storing"}
+        assert {f["stage"] for f in result["failures"]} == {"store"}
+        images = _images(url)
+        assert {im.status for im in images} == {"failed"}  # nothing left claimed
+        assert {im.last_error for im in images} == {"store: RuntimeError: simulated bug while storing"}
+        with resources.session(url) as s:
+            run = s.execute(sa.select(SegmentationRun)).scalar_one()
+            assert (run.status, run.n_segmented, run.n_failed) == ("finished", 0, len(paths))
         monkeypatch.undo()
 
-        # Nothing to do until the lease expires ...
-        assert segment(database_url=url, batch_size=4, overlays=False, **fs.FAST)["done"] == 0
-        # ... then the next run reclaims and finishes them.
+        # Fixed: requeued, the next run finishes them, each stored once.
         with resources.session(url) as s:
-            s.execute(sa.update(Image).values(lease_expires_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)))
-            s.commit()
+            assert repo.requeue_failed(s) == len(paths)
         again = segment(database_url=url, batch_size=4, overlays=False, **fs.FAST)
         assert again["done"] == len(paths)
         assert set(_segmentation_counts(url).values()) == {1}

@@ -26,8 +26,10 @@ from integrations.db.queue import (
     claim_batch,
     extend_lease,
     reclaim_expired,
+    record_failed_step,
     record_failure,
     release_claims,
+    renew_leases,
     requeue_failed,
 )
 from integrations.db.registry import ImageInput, RegisterResult, add_images, delete_image
@@ -39,7 +41,15 @@ from integrations.db.results import (
     store_segmentation,
     store_segmentations,
 )
-from integrations.db.runs import RunSummary, finish_run, recent_runs, run_counts, start_run
+from integrations.db.runs import (
+    RunSummary,
+    beat_run,
+    close_dead_runs,
+    finish_run,
+    recent_runs,
+    run_counts,
+    start_run,
+)
 from integrations.db.schema import (
     SchemaBehindError,
     SchemaError,
@@ -51,6 +61,13 @@ from integrations.db.schema import (
     upgrade,
 )
 from integrations.db.session import display_url, make_engine, make_session_factory, normalize_url, session_scope
-from integrations.db.stats import counts_by_status, failure_reasons, k_distribution, throughput
+from integrations.db.stats import (
+    counts_by_status,
+    failed_images,
+    failure_reasons,
+    k_distribution,
+    run_failures,
+    throughput,
+)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

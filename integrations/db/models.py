@@ -50,7 +50,9 @@ SENT_FOR_REVIEW = "sent_for_review"
 REVIEWED = "reviewed"
 IMAGE_STATUSES = (WAITING, CLAIMED, SEGMENTED, FAILED, SENT_FOR_REVIEW, REVIEWED)
 
-RUN_STATUSES = ("running", "finished", "failed", "cancelled")
+# `abandoned`: the process running it died without closing it (kill -9, power loss); closed
+# later by `close_dead_runs` from its stale heartbeat or its missing process.
+RUN_STATUSES = ("running", "finished", "failed", "cancelled", "abandoned")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -108,7 +110,11 @@ class Base(DeclarativeBase):
 
 
 class Image(Base):
-    """One image to segment, registered once per content hash."""
+    """One image to segment: once per URI, and once per content hash where the bytes were read.
+
+    Both keys are unique in the schema, so registering the same image from several
+    processes at once cannot make two rows (registry.py inserts with ON CONFLICT DO NOTHING).
+    """
 
     __tablename__ = "images"
     __table_args__ = (
@@ -118,7 +124,7 @@ class Image(Base):
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    uri: Mapped[str] = mapped_column(Text, index=True)
+    uri: Mapped[str] = mapped_column(Text, index=True, unique=True)
     # sha256 of the bytes; NULL when registered by URI only (read later) or unreadable at ingest.
     content_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
@@ -160,6 +166,11 @@ class SegmentationRun(Base):
     worker_id: Mapped[str | None] = mapped_column(String(200))
     device: Mapped[str | None] = mapped_column(String(50))
     status: Mapped[str] = mapped_column(String(20), default="running", server_default="running")
+    # Who runs it and whether it still lives: a run whose process is gone (same host) or whose
+    # heartbeat is stale is closed as `abandoned` by the next command (runs.close_dead_runs).
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[dt.datetime] = mapped_column(
         UTCDateTime, default=utcnow, server_default=func.current_timestamp()
     )

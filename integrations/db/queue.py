@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from integrations.db.batching import chunks, commit_or_flush
 from integrations.db.dialect import db_now, db_now_plus, dialect_name, insert_for
-from integrations.db.models import CLAIMED, FAILED, WAITING, FailureRecord, Image, utcnow
+from integrations.db.models import CLAIMED, FAILED, WAITING, FailureRecord, Image, SegmentationRun, utcnow
 
 MAX_REASON_LENGTH = 2000
 
@@ -153,6 +153,7 @@ def reclaim_expired(session: Session, *, max_attempts: int = 3, commit: bool = T
         return ReclaimResult(0, 0)
     requeue = [r for r in rows if r[2] < max_attempts]
     final = [r for r in rows if r[2] >= max_attempts]
+    run_of = _runs_of_workers(session, {r[1] for r in rows if r[1]})
     for group, status in ((requeue, WAITING), (final, FAILED)):
         for chunk in chunks(group):
             ids = [r[0] for r in chunk]
@@ -173,6 +174,7 @@ def reclaim_expired(session: Session, *, max_attempts: int = 3, commit: bool = T
                     [
                         dict(
                             image_id=r[0],
+                            run_id=run_of.get(r[1]),
                             worker_id=r[1],
                             reason=reason,
                             retryable=True,
@@ -185,6 +187,17 @@ def reclaim_expired(session: Session, *, max_attempts: int = 3, commit: bool = T
             )
     commit_or_flush(session, commit)
     return ReclaimResult(len(requeue), len(final))
+
+
+def _runs_of_workers(session: Session, worker_ids: set[str]) -> dict[str, int]:
+    """worker id -> its segmentation run, so that an expired lease counts in the run that lost it."""
+    found: dict[str, int] = {}
+    for chunk in chunks(sorted(worker_ids)):
+        for run_id, worker_id in session.execute(
+            select(SegmentationRun.id, SegmentationRun.worker_id).where(SegmentationRun.worker_id.in_(chunk))
+        ):
+            found[worker_id] = run_id
+    return found
 
 
 def release_claims(
@@ -207,10 +220,12 @@ def release_claims(
     return res.rowcount or 0
 
 
-def extend_lease(
+def renew_leases(
     session: Session, worker_id: str, image_ids: Iterable[int], lease_seconds: float, *, commit: bool = True
 ) -> list[int]:
-    """Heartbeat for long batches: push the lease of images this worker still holds.
+    """Heartbeat while a batch is worked on: push the lease of the images this worker still
+    holds to `lease_seconds` from now, so that only a dead worker's claims expire
+    (`flows.lease.LeaseKeeper` calls it every lease/3 seconds).
     Returns the ids still held (an image missing from it was reclaimed: drop it)."""
     ids = list(image_ids)
     if not ids:
@@ -224,6 +239,9 @@ def extend_lease(
     ).all()
     commit_or_flush(session, commit)
     return sorted(r[0] for r in rows)
+
+
+extend_lease = renew_leases  # the earlier name
 
 
 def record_failure(
@@ -272,6 +290,20 @@ def record_failure(
     return status
 
 
+def record_failed_step(
+    session: Session, image_id: int, reason: str, worker_id: str, *, run_id: int | None = None, commit: bool = True
+) -> None:
+    """Record a step that failed after the image's result was stored (e.g. writing its overlay):
+    the reason is kept with the run, the image keeps its status and its result."""
+    session.add(
+        FailureRecord(
+            image_id=image_id, run_id=run_id, worker_id=worker_id, reason=clean_reason(reason),
+            retryable=False, final=False, created_at=utcnow(),
+        )
+    )
+    commit_or_flush(session, commit)
+
+
 def requeue_failed(session: Session, image_ids: Iterable[int] | None = None, *, commit: bool = True) -> int:
     """Put failed images back in the queue with their attempts reset (after a fix)."""
     stmt = update(Image).where(Image.status == FAILED)
@@ -294,7 +326,9 @@ __all__ = [
     "extend_lease",
     "lease_lost",
     "reclaim_expired",
+    "record_failed_step",
     "record_failure",
     "release_claims",
+    "renew_leases",
     "requeue_failed",
 ]

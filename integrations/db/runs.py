@@ -1,5 +1,13 @@
 """Segmentation runs: how a batch of results was made (engine version, configuration,
-backbone, weights, device) and, once closed, how many images it segmented and failed."""
+backbone, weights, device) and, once closed, how many images it segmented and failed.
+
+A run also says who runs it (host, pid) and beats a heartbeat while it works
+(`beat_run`, from `flows.lease.LeaseKeeper`). A run whose process died without
+closing it (kill -9, out of memory, power loss) is closed `abandoned` by the next
+command that looks (`close_dead_runs`: `clasp status`, the next `segment` run):
+at once when its process is gone on this host, else when its heartbeat is older
+than `stale_after_s`. Its claims are given back to the queue at the same time.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +15,21 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+import os
+import socket
+
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from integrations.db.batching import commit_or_flush
+from integrations.db.dialect import db_now, dialect_name
 from integrations.db.jsonsafe import to_json
-from integrations.db.models import FailureRecord, SegmentationRecord, SegmentationRun, utcnow
+from integrations.db.models import CLAIMED, FailureRecord, Image, SegmentationRecord, SegmentationRun, utcnow
+from integrations.db.queue import reclaim_expired
+
+# A run on another host is taken for dead when its heartbeat is older than this. The
+# heartbeat is beaten every min(lease / 3, 60) seconds, so this is five missed beats or more.
+RUN_STALE_AFTER_S = 300.0
 
 
 def start_run(
@@ -50,6 +67,9 @@ def start_run(
         device=device,
         status="running",
         started_at=utcnow(),
+        host=socket.gethostname()[:255],
+        pid=os.getpid(),
+        heartbeat_at=utcnow(),
     )
     session.add(run)
     session.flush()
@@ -108,8 +128,87 @@ def finish_run(
     return summary
 
 
+def beat_run(session: Session, run_id: int, *, commit: bool = True) -> None:
+    """The run is alive: set its heartbeat to now (the database clock on PostgreSQL)."""
+    session.execute(
+        update(SegmentationRun)
+        .where(SegmentationRun.id == run_id)
+        .values(heartbeat_at=db_now(session))
+        .execution_options(synchronize_session=False)
+    )
+    commit_or_flush(session, commit)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def close_dead_runs(
+    session: Session, *, stale_after_s: float = RUN_STALE_AFTER_S, max_attempts: int = 3
+) -> list[int]:
+    """Close `running` runs whose process is gone as `abandoned`; returns their ids.
+
+    Dead means: on this host, its pid no longer exists; anywhere, its heartbeat (or,
+    for a run that never beat, its start) is older than `stale_after_s`. The dead
+    run's claims expire at once and go back to the queue (or fail after
+    `max_attempts`), recorded under that run, so its counts say what happened.
+    """
+    host = socket.gethostname()[:255]
+    if dialect_name(session) == "postgresql":
+        now = session.execute(select(func.current_timestamp())).scalar_one()
+    else:
+        now = utcnow()
+    running = session.execute(
+        select(SegmentationRun.id, SegmentationRun.host, SegmentationRun.pid, SegmentationRun.worker_id,
+               SegmentationRun.heartbeat_at, SegmentationRun.started_at).where(SegmentationRun.status == "running")
+    ).all()
+    dead = []
+    for run_id, run_host, pid, worker_id, beat, started in running:
+        last = beat or started
+        gone = run_host == host and pid is not None and pid != os.getpid() and not process_alive(pid)
+        if gone or (last is not None and (now - last).total_seconds() > stale_after_s):
+            dead.append((run_id, worker_id))
+    if not dead:
+        session.rollback()
+        return []
+    workers = [w for _, w in dead if w]
+    if workers:
+        session.execute(
+            update(Image)
+            .where(Image.status == CLAIMED, Image.claimed_by.in_(workers))
+            .values(lease_expires_at=now.replace(year=2000))
+            .execution_options(synchronize_session=False)
+        )
+        reclaim_expired(session, max_attempts=max_attempts, commit=False)
+    for run_id, _ in dead:
+        finish_run(session, run_id, status="abandoned", commit=False)
+    session.commit()
+    return [run_id for run_id, _ in dead]
+
+
 def recent_runs(session: Session, limit: int = 10) -> list[SegmentationRun]:
     return list(session.scalars(select(SegmentationRun).order_by(SegmentationRun.id.desc()).limit(limit)))
 
 
-__all__ = ["RunSummary", "finish_run", "recent_runs", "run_counts", "start_run"]
+__all__ = [
+    "RUN_STALE_AFTER_S",
+    "RunSummary",
+    "beat_run",
+    "close_dead_runs",
+    "finish_run",
+    "process_alive",
+    "recent_runs",
+    "run_counts",
+    "start_run",
+]

@@ -9,7 +9,7 @@ from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.orm import Session
 
 from integrations.db.dialect import dialect_name
-from integrations.db.models import FAILED, IMAGE_STATUSES, Image, SegmentationRecord
+from integrations.db.models import FAILED, IMAGE_STATUSES, FailureRecord, Image, SegmentationRecord
 
 
 def counts_by_status(session: Session) -> dict[str, int]:
@@ -67,4 +67,31 @@ def failure_reasons(session: Session, *, limit: int = 20) -> list[tuple[str, int
     return [(reason or "(no reason recorded)", int(c)) for reason, c in session.execute(stmt)]
 
 
-__all__ = ["counts_by_status", "failure_reasons", "k_distribution", "throughput"]
+def failed_images(session: Session, *, limit: int | None = 20) -> list[tuple[int, str, str]]:
+    """The images that ended failed, newest first: [(id, uri, reason)]; all of them with `limit=None`."""
+    stmt = (
+        select(Image.id, Image.uri, Image.last_error)
+        .where(Image.status == FAILED)
+        .order_by(Image.updated_at.desc(), Image.id.desc())
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [(int(i), uri, reason or "(no reason recorded)") for i, uri, reason in session.execute(stmt)]
+
+
+def run_failures(session: Session, run_id: int, *, limit: int | None = 20) -> list[tuple[int, str, str, bool]]:
+    """Failures recorded under run `run_id`, oldest first: [(image id, uri, reason, final)];
+    all of them with `limit=None`. `final` is False for an attempt put back in the queue and
+    for a step that failed after the result was stored (an overlay)."""
+    stmt = (
+        select(FailureRecord.image_id, Image.uri, FailureRecord.reason, FailureRecord.final)
+        .join(Image, Image.id == FailureRecord.image_id)
+        .where(FailureRecord.run_id == run_id)
+        .order_by(FailureRecord.id)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [(int(i), uri, reason, bool(final)) for i, uri, reason, final in session.execute(stmt)]
+
+
+__all__ = ["counts_by_status", "failed_images", "run_failures", "failure_reasons", "k_distribution", "throughput"]
