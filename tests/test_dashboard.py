@@ -189,7 +189,7 @@ from integrations.label_studio.client import LabelStudioClient, LabelStudioUnava
 def ask_label_studio(url):
     with LabelStudioClient(url, "t0ken-not-sent", retries=2, backoff=0.01) as client:
         try:
-            client.request("GET", "/api/projects")
+            client.projects()
         except LabelStudioUnavailable as exc:
             return str(exc)
 
