@@ -20,7 +20,7 @@ import pytest
 PG_SERVER = os.environ.get("CLASP_TEST_PG_SERVER", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
-def _pg_admin_conninfo() -> str:
+def pg_admin_conninfo() -> str:
     from sqlalchemy.engine import make_url
 
     u = make_url(PG_SERVER)
@@ -42,7 +42,7 @@ def pg_unavailable_reason() -> str | None:
         try:
             import psycopg
 
-            with psycopg.connect(_pg_admin_conninfo(), autocommit=True) as conn:
+            with psycopg.connect(pg_admin_conninfo(), autocommit=True) as conn:
                 conn.execute("SELECT 1")
             _pg_unreachable = ""
         except Exception as exc:  # noqa: BLE001
@@ -55,7 +55,7 @@ def create_pg_database() -> str:
     from sqlalchemy.engine import make_url
 
     name = f"clasp_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(_pg_admin_conninfo(), autocommit=True) as conn:
+    with psycopg.connect(pg_admin_conninfo(), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return make_url(PG_SERVER).set(drivername="postgresql+psycopg", database=name).render_as_string(
         hide_password=False
@@ -67,7 +67,7 @@ def drop_pg_database(url: str) -> None:
     from sqlalchemy.engine import make_url
 
     name = make_url(url).database
-    with psycopg.connect(_pg_admin_conninfo(), autocommit=True) as conn:
+    with psycopg.connect(pg_admin_conninfo(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -33,15 +33,15 @@ def prefect_server(tmp_path_factory):
 @pytest.fixture
 def secret_database_url():
     """A fresh database owned by a role with a password; the URL carries the password."""
-    from conftest_db import _pg_admin_conninfo, _pg_available, create_pg_database, drop_pg_database
+    from conftest_db import create_pg_database, drop_pg_database, pg_admin_conninfo, pg_unavailable_reason
     import psycopg
     from sqlalchemy.engine import make_url
 
-    if _pg_available() is not None:
+    if pg_unavailable_reason() is not None:
         pytest.skip("needs PostgreSQL on 127.0.0.1:5432 (trust auth)")
     admin_url = create_pg_database()
     name = make_url(admin_url).database
-    with psycopg.connect(_pg_admin_conninfo(), autocommit=True) as conn:
+    with psycopg.connect(pg_admin_conninfo(), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone()
         if not exists:
             conn.execute(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}'")
