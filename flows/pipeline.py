@@ -36,10 +36,10 @@ def run_segment_deployment(deployment: str, parameters: dict[str, Any], index: i
 @transient_task("status-counts")
 def status_counts(database_url: str) -> dict[str, int]:
     """Images per status, every status present (zeros included)."""
-    from integrations.db import repository as repo
+    from integrations.db.stats import counts_by_status
 
     with resources.session(database_url) as session:
-        return repo.counts_by_status(session)
+        return counts_by_status(session)
 
 
 @flow(name="moderation_pipeline", task_runner=ThreadPoolTaskRunner(max_workers=8))
