@@ -2,9 +2,14 @@
 
     ids = store_segmentations(session, image_id, run_id, [patch_result, pixel_result], worker_id)
     seg = load_segmentation(session, ids[0])        # the engine's Segmentation, bit-exact labels
+    done = store_batch(session, run_id, worker_id, [(image_id, [result]), ...])  # a worker's batch
+    done.ids[image_id], done.lost                    # segmentation ids; images whose lease was lost
 
 Storing finishes the image's claim (`claimed` -> `segmented`): only the lease
-holder may store, anyone else gets `LeaseLostError` and nothing is written.
+holder may store, anyone else gets `LeaseLostError` and nothing is written
+(`store_batch` stores the images it holds and reports the others in `lost`).
+The per-image functions are `store_batch` with one image: the same rows.
+`benchmarks/bench_store.py` prints results stored per second, per image and in bulk.
 """
 
 from __future__ import annotations
@@ -91,9 +96,10 @@ class StoredBatch:
     lost: dict[int, LeaseLostError] = field(default_factory=dict)  # not stored: another worker holds them
 
 
-# Encoding threads: zlib.compress and numpy's min/max/astype release the GIL, so on this
-# 2-core machine two threads encode 640x480 masks about twice as fast as one
-# (benchmarks/bench_store.py prints both).
+# Encoding threads: zlib's deflate and numpy's min/max/astype release the GIL. Building the
+# rows of 64 real-sized results (640x480, K=6) on this shared 2-core machine took 0.99 ms per
+# result in one thread and 0.60 ms in two when the other core was idle enough, 1.03 and
+# 0.91 ms under load from other processes (benchmarks/bench_store.py prints both).
 ENCODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
