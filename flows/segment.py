@@ -299,7 +299,7 @@ def _store(
     settings_json: dict[str, Any],
     overlay_failures: list[Failure] = (),
 ) -> tuple[dict[int, str], set[int], list[Failure]]:
-    """Write a batch in one transaction (`store_batch` for the results); if that fails, write image by image.
+    """Write a batch in one transaction (`integrations.db.store_batch` for the results); if that fails, image by image.
 
     The slow path skips the images another worker now holds (lease lost), and an
     image whose result cannot be stored (a non-transient error: bad data, a codec
