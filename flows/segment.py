@@ -299,7 +299,7 @@ def _store(
     settings_json: dict[str, Any],
     overlay_failures: list[Failure] = (),
 ) -> tuple[dict[int, str], set[int], list[Failure]]:
-    """Write a batch in one transaction; if that fails, write image by image.
+    """Write a batch in one transaction (`integrations.db.store_batch` for the results); if that fails, image by image.
 
     The slow path skips the images another worker now holds (lease lost), and an
     image whose result cannot be stored (a non-transient error: bad data, a codec
@@ -315,11 +315,15 @@ def _store(
     all_ids = [item.image_id for item, _ in done] + [f.image_id for f in failures]
     with resources.session(database_url) as session:
         try:
-            for item, segmentation in done:
-                repo.store_segmentation(session, item.image_id, run_id, segmentation, worker_id, commit=False)
+            # All results at once (masks compressed in a thread pool before the transaction);
+            # an image whose lease was lost is reported and skipped, the others are stored.
+            lost = set(repo.store_batch(
+                session, run_id, worker_id, [(item.image_id, [seg]) for item, seg in done], commit=False
+            ).lost)
             for f in overlay_failures:
-                repo.record_failed_step(session, f.image_id, f"{f.stage}: {f.reason}", worker_id, run_id=run_id,
-                                        commit=False)
+                if f.image_id not in lost:
+                    repo.record_failed_step(session, f.image_id, f"{f.stage}: {f.reason}", worker_id,
+                                            run_id=run_id, commit=False)
             for f in failures:
                 statuses[f.image_id] = repo.record_failure(
                     session, f.image_id, f"{f.stage}: {f.reason}", worker_id, f.retryable,
@@ -327,7 +331,7 @@ def _store(
                 )
             session.commit()
             lease.let_go(worker_id, all_ids)
-            return statuses, set(), []
+            return statuses, lost, []
         except repo.LeaseLostError:
             session.rollback()  # (the repository already rolled back; keep it explicit)
         except Exception as exc:

@@ -104,3 +104,15 @@ def test_stored_total_seconds_is_the_engines_total(session):
     seg_id = store_segmentation(session, claimed.id, run, seg, "w-a")
     # the stages plus `total` would sum to 1.55: the stored figure is the engine's own total
     assert session.get(SegmentationRecord, seg_id).total_seconds == pytest.approx(0.8)
+
+
+def test_masks_compressed_before_the_run_length_strategy_still_decode():
+    """Masks stored with zlib's default strategy (before Z_RLE) read back unchanged: same codec."""
+    import zlib
+
+    labels = np.repeat(np.arange(6, dtype=np.int32), 80)[None, :].repeat(40, 0)
+    old = zlib.compress(labels.astype(np.uint8).tobytes(), 6)
+    back = decode_label_map(old, "zlib-v1", 40, 480, "int32", "uint8")
+    assert back.dtype == np.int32 and np.array_equal(back, labels)
+    new = encode_label_map(labels)
+    assert new.data != old and new.codec == "zlib-v1"  # another stream, the same codec and decoder

@@ -215,6 +215,7 @@ def test_an_error_while_storing_is_recorded_with_its_cause(shared_data, tmp_path
         def broken(*args, **kwargs):
             raise RuntimeError("simulated bug while storing")
 
+        monkeypatch.setattr(repo, "store_batch", broken)  # the batch's store, then image by image
         monkeypatch.setattr(repo, "store_segmentation", broken)
         result = segment(database_url=url, batch_size=4, overlays=False, **fs.FAST)
         assert (result["done"], result["failed"]) == (0, len(paths))

@@ -37,7 +37,10 @@ from integrations.db.results import (
     latest_segmentation_id,
     load_mask,
     load_segmentation,
+    StoredBatch,
+    encode_results,
     storage_bytes,
+    store_batch,
     store_segmentation,
     store_segmentations,
 )

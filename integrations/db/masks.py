@@ -16,6 +16,15 @@ Why level 6 and not 9: on engine masks of the bundled samples (640x427 and
 1.2-1.6 ms for 2.5-6.6 KB. The store runs beside the engine on the same CPU,
 so a few KB more per image is the cheaper side of the trade. Decoding reads
 any level.
+
+Why the Z_RLE strategy (deflate with run-length matches only): a label map is
+runs of one value along each row, which is all Z_RLE looks for. On classic-engine
+pixel masks of 8 images of ../shared/data (256x256 to 512x683, K 2-5) it took
+0.09-0.57 ms per mask for 1.9-6.2 KB, level 6 with the default strategy 0.55-2.14 ms
+for 2.1-6.3 KB (smaller in 7 of 8); on a 640x480 K=6 mask 0.60 ms for 8.6 KB against
+2.35 ms for 7.7 KB. At 400 stored results per second that is the difference between
+a quarter and most of a core. The output is a standard zlib stream: the codec and
+the decoder are unchanged, and masks stored before read back as they were.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import numpy as np
 
 CODEC = "zlib-v1"
 _LEVEL = 6
+_STRATEGY = zlib.Z_RLE
 
 
 @dataclass(frozen=True)
@@ -71,13 +81,18 @@ def encode_label_map(labels: np.ndarray) -> EncodedMask:
         raise ValueError(f"mask must hold integers or booleans, got dtype {arr.dtype}")
     raw = np.ascontiguousarray(arr.astype(stored.newbyteorder("<"), copy=False)).tobytes()
     return EncodedMask(
-        data=zlib.compress(raw, _LEVEL),
+        data=_compress(raw),
         codec=CODEC,
         height=int(arr.shape[0]),
         width=int(arr.shape[1]),
         dtype=arr.dtype.str if arr.dtype.byteorder not in ("=", "|") else arr.dtype.name,
         stored_dtype=stored.name,
     )
+
+
+def _compress(raw: bytes) -> bytes:
+    packer = zlib.compressobj(_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 9, _STRATEGY)
+    return packer.compress(raw) + packer.flush()
 
 
 def decode_label_map(data: bytes, codec: str, height: int, width: int, dtype: str, stored_dtype: str) -> np.ndarray:
