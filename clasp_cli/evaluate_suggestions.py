@@ -38,7 +38,7 @@ def _err(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clasp_engine import Segmenter, SegmenterConfig
+    from clasp_engine import Segmenter
     from clasp_engine.errors import ClaspError, InvalidImageError
     from clasp_engine.evaluation.protocols import PROTOCOLS
     from integrations.datasets import DatasetError, PairError, load_labels, open_dataset, read_image
@@ -60,10 +60,14 @@ def run(args: argparse.Namespace) -> int:
         _err(f"{args.dataset}: --suggestions needs a class dataset (classes.txt); {ds.name} is class-agnostic")
         return 2
     protocol = PROTOCOLS["diffseg" if args.protocol == "auto" else args.protocol]
-    flags = dict(backbone=args.backbone, weights=args.weights, variant=args.variant, max_side=args.max_side,
-                 k=args.k, device=args.device, features=args.features)
+    from clasp_cli import options
+
     try:
-        config = SegmenterConfig.from_env(**flags)
+        config = options.load(args).engine_config()  # flags over CLASP_* variables, as `clasp eval`
+    except ClaspError as exc:
+        _err(str(exc))
+        return 2
+    try:
         segmenter = Segmenter(config)
     except ClaspError as exc:
         _err(f"cannot start the engine: {exc}")
