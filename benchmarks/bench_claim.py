@@ -19,7 +19,6 @@ import argparse
 import multiprocessing as mp
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -120,35 +119,22 @@ def main() -> int:
     if args.mask_sizes:
         mask_sizes()
         return 0
-    from conftest_db import create_pg_database, drop_pg_database, pg_unavailable_reason
+    from conftest_db import scratch_database
 
     from integrations.db.schema import upgrade
 
     print(f"{args.images} images, batches of {args.batch}, {os.cpu_count()} CPUs (shared: read as rough)")
     print(f"{'database':<11}{'workers':>8}  {'loop':<14}{'seconds':>8}{'claims/s':>10}{'images/s':>10}")
     for db in args.db:
-        tmp = None
-        if db == "sqlite":
-            tmp = tempfile.TemporaryDirectory()
-            url = f"sqlite:///{tmp.name}/bench.db"
-        else:
-            why = pg_unavailable_reason()
-            if why:
-                print(f"postgres: skipped: {why}")
+        with scratch_database(db) as url:
+            if url is None:
                 continue
-            url = create_pg_database()
-        try:
             upgrade(url)
             for workers in args.workers:
                 for store in (False, True):
                     wall, cps, ips = bench(url, args.images, workers, args.batch, store)
                     loop = "claim + store" if store else "claim only"
                     print(f"{db:<11}{workers:>8}  {loop:<14}{wall:>8.2f}{cps:>10.0f}{ips:>10.0f}", flush=True)
-        finally:
-            if db == "postgres":
-                drop_pg_database(url)
-            elif tmp is not None:
-                tmp.cleanup()
     return 0
 
 

@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -225,7 +224,7 @@ def main() -> int:
     ap.add_argument("--paths", nargs="+", default=["before", "now", "bulk"], choices=["before", "now", "bulk"])
     args = ap.parse_args()
 
-    from conftest_db import create_pg_database, drop_pg_database, pg_unavailable_reason
+    from conftest_db import scratch_database
 
     from integrations.db.results import ENCODE_THREADS
     from integrations.db.schema import upgrade
@@ -244,17 +243,9 @@ def main() -> int:
     names = {"before": "per image, ORM (before)", "now": "per image, now", "bulk": "bulk (store_batch)"}
     print(f"{'database':<11}{'store path':<26}{'seconds':>8}{'results/s':>11}  target {TARGET:.0f}/s")
     for db in args.db:
-        tmp = None
-        if db == "sqlite":
-            tmp = tempfile.TemporaryDirectory()
-            url = f"sqlite:///{tmp.name}/bench.db"
-        else:
-            why = pg_unavailable_reason()
-            if why:
-                print(f"postgres: skipped: {why}")
+        with scratch_database(db) as url:
+            if url is None:
                 continue
-            url = create_pg_database()
-        try:
             upgrade(url)
             for path in args.paths:
                 wall, stored = run_path(url, path, results, args.images, args.batch)
@@ -262,11 +253,6 @@ def main() -> int:
                 rate = stored / wall
                 met = ("met" if rate >= TARGET else "NOT met") if path == "bulk" else ""
                 print(f"{db:<11}{names[path]:<26}{wall:>8.2f}{rate:>11.0f}  {met}", flush=True)
-        finally:
-            if db == "postgres":
-                drop_pg_database(url)
-            elif tmp is not None:
-                tmp.cleanup()
     print(f"load average after {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     return 0
 

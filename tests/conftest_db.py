@@ -12,8 +12,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -69,6 +72,28 @@ def drop_pg_database(url: str) -> None:
     name = make_url(url).database
     with psycopg.connect(pg_admin_conninfo(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def scratch_database(kind: str) -> Iterator[str | None]:
+    """A fresh database URL of `kind` ("sqlite" or "postgres"), removed afterwards (benchmarks).
+
+    Yields None, after printing why, when PostgreSQL is unreachable.
+    """
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            yield f"sqlite:///{tmp}/bench.db"
+        return
+    why = pg_unavailable_reason()
+    if why:
+        print(f"postgres: skipped: {why}")
+        yield None
+        return
+    url = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop_pg_database(url)
 
 
 @pytest.fixture
