@@ -152,23 +152,10 @@ def run(args: argparse.Namespace) -> int:
             _err(f"--predictions {pred_dir}: not a folder (expected PRED_DIR/<id>.png)")
             return 2
     else:
-        from clasp_cli import options
-
-        try:
-            config = options.load(args).engine_config()  # flags over CLASP_* variables
-        except ClaspError as exc:
-            _err(str(exc))
-            return 2
-        try:
-            from clasp_engine import Segmenter
-
-            segmenter = Segmenter(config)
-        except ClaspError as exc:
-            _err(f"cannot start the engine: {exc}")
-            return 1
-        except ImportError as exc:
-            _err(f"the engine cannot be imported ({exc}); score existing label maps with --predictions PRED_DIR")
-            return 1
+        built = build_segmenter(args)
+        if isinstance(built, int):
+            return built
+        config, segmenter = built
     load_seconds = time.perf_counter() - started
 
     pairs = ds.pairs[: args.limit] if args.limit else ds.pairs
@@ -352,6 +339,27 @@ def _report(args, ds, protocol, per_image, skipped, totals, region_list, config,
 
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 100:.1f} %"
+
+
+def build_segmenter(args: argparse.Namespace) -> tuple[Any, Any] | int:
+    """(config, Segmenter) from the flags over the CLASP_* variables, or the exit status after saying why."""
+    from clasp_cli import options
+
+    try:
+        config = options.load(args).engine_config()
+    except ClaspError as exc:
+        _err(str(exc))
+        return 2
+    try:
+        from clasp_engine import Segmenter
+
+        return config, Segmenter(config)
+    except ClaspError as exc:
+        _err(f"cannot start the engine: {exc}")
+        return 1
+    except ImportError as exc:
+        _err(f"the engine cannot be imported ({exc}); score existing label maps with --predictions PRED_DIR")
+        return 1
 
 
 def write_json_report(report: dict[str, Any], dest: str, log: Any) -> None:

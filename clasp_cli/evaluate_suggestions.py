@@ -38,7 +38,6 @@ def _err(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clasp_engine import Segmenter
     from clasp_engine.errors import ClaspError, InvalidImageError
     from clasp_engine.evaluation.protocols import PROTOCOLS
     from integrations.datasets import DatasetError, PairError, load_labels, open_dataset, read_image
@@ -60,18 +59,12 @@ def run(args: argparse.Namespace) -> int:
         _err(f"{args.dataset}: --suggestions needs a class dataset (classes.txt); {ds.name} is class-agnostic")
         return 2
     protocol = PROTOCOLS["diffseg" if args.protocol == "auto" else args.protocol]
-    from clasp_cli import options
+    from clasp_cli.evaluate import build_segmenter
 
-    try:
-        config = options.load(args).engine_config()  # flags over CLASP_* variables, as `clasp eval`
-    except ClaspError as exc:
-        _err(str(exc))
-        return 2
-    try:
-        segmenter = Segmenter(config)
-    except ClaspError as exc:
-        _err(f"cannot start the engine: {exc}")
-        return 1
+    built = build_segmenter(args)  # flags over CLASP_* variables, as `clasp eval`
+    if isinstance(built, int):
+        return built
+    config, segmenter = built
     pairs = ds.pairs[: args.limit] if args.limit else ds.pairs
     proposals: list[Proposal] = []
     skipped = []
