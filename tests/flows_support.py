@@ -136,3 +136,20 @@ def worker_env() -> dict[str, str]:
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("DO_NOT_TRACK", "1")
     return env
+
+
+# --- fixtures for the flow tests (import them by name: `from flows_support import db_url, harness`) ---
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness(request):
+    """The Prefect test harness, once per module."""
+    ensure_harness(request)
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path):
+    """A fresh, migrated database URL: SQLite, then PostgreSQL."""
+    with database(request.param, tmp_path) as url:
+        yield url

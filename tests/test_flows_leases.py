@@ -23,23 +23,12 @@ from pathlib import Path
 import pytest
 
 import flows_support as fs
+from flows_support import db_url, harness  # noqa: F401  (fixtures: the Prefect harness, each database)
 
 pytestmark = [pytest.mark.slow]
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 LEASE_S = 5  # the smallest lease Settings allows
 WORK_S = 12  # engine time per batch: more than two leases
-
-
-@pytest.fixture(scope="module", autouse=True)
-def harness(request):
-    fs.ensure_harness(request)
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request, tmp_path):
-    with fs.database(request.param, tmp_path) as url:
-        yield url
 
 
 def _rows(url, model):
