@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     output_dir: Path = Path("clasp-output")
     # GPUs that segment: the size of Prefect's global limit "clasp-gpu" and the segment runs the queue starts.
     gpu_slots: int = Field(1, ge=1, le=1024)
+    # A run keeps its GPU slot over consecutive batches for up to this many seconds, then
+    # hands it back and queues again (0: one acquisition per batch). One acquisition is a
+    # Prefect API round trip, ~10 ms, but ~2 s when the embedded SQLite-backed server
+    # answers 503 (SQLITE_BUSY_SNAPSHOT) and the client backs off: per batch, that cost
+    # 30% of a CPU run's wall time (flows/gpu_slots.py).
+    gpu_slice_seconds: float = Field(30.0, ge=0.0, le=3600.0)
 
     # --- image sources ---
     http_timeout_s: float = Field(20.0, gt=0, le=3600)
@@ -174,6 +180,11 @@ class Settings(BaseSettings):
     # also push the coarser and finer partitions of the K search as extra predictions
     # (model_version `<model version>/coarser-k<K>`, `/finer-k<K>`); off by default
     label_studio_granularity: bool = False
+
+    # --- label suggestions from reviews (issue 12; integrations.review.suggestions) ---
+    # kNN vote share at or above which a suggested label is pushed (README: chosen by measurement)
+    suggestion_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    exemplar_index_dir: Path = Path("clasp-output/exemplar-index")
 
     # --- the engine, nested (same CLASP_* names as its fields) ---
     engine: EngineSettings = Field(default_factory=EngineSettings)
@@ -228,11 +239,6 @@ class Settings(BaseSettings):
     def source_json(self) -> dict[str, Any]:
         """The part a task needs to read images (no secrets, JSON-ready)."""
         return self.model_dump(include=SOURCE_FIELDS, mode="json")
-
-    # --- label suggestions from reviews (issue 12; integrations.review.suggestions) ---
-    # kNN vote share at or above which a suggested label is pushed (README: chosen by measurement)
-    suggestion_threshold: float = Field(0.9, ge=0.0, le=1.0)
-    exemplar_index_dir: Path = Path("clasp-output/exemplar-index")
 
     def label_studio_token(self) -> SecretStr | None:
         """The token from the environment, else from the file named by LABEL_STUDIO_API_KEY_FILE."""

@@ -67,7 +67,7 @@ def test_one_gpu_slot_serialises_two_workers(prefect_server, shared_data, tmp_pa
     resources.dispose_engines()
 
     go = tmp_path / "go"
-    env = prefect_server.env(CLASP_GPU_SLOTS="1")
+    env = prefect_server.env(CLASP_GPU_SLOTS="1", CLASP_GPU_SLICE_SECONDS="0")  # a slot per batch: they interleave
     procs, readies = [], []
     for i in range(2):
         ready = tmp_path / f"ready{i}"
