@@ -249,6 +249,33 @@ def test_model_is_loaded_once_per_process(shared_data, tmp_path, monkeypatch):
     assert len(built) == 2
 
 
+def test_clasp_run_warms_the_engine_the_segment_flow_then_uses(shared_data, tmp_path, monkeypatch):
+    """`clasp run` builds the engine on a thread while Prefect starts; the flow must find that one
+    (a different configuration would build a second model and the warm-up would only cost time)."""
+    import argparse
+
+    from clasp_cli.run import warm_engine
+    from flows import resources
+    from flows.segment import segment
+    from integrations.ingest import ingest_uris
+    from integrations.settings import load_settings
+
+    monkeypatch.setattr(resources, "_segmenters", {})
+    args = argparse.Namespace(weights=None, device=None, **fs.FAST)
+    warm_engine(args).join(timeout=120)
+    assert resources.cached_segmenter_count() == 1
+    warmed = next(iter(resources._segmenters.values()))
+
+    with fs.database("sqlite", tmp_path) as url:
+        with resources.session(url) as session:
+            ingest_uris(session, [str(p) for p in fs.shared_images(shared_data, 4)], load_settings(), lazy=True)
+        result = segment(database_url=url, batch_size=2, overlays=False, **fs.FAST)
+    assert result["done"] == 4
+    assert resources.cached_segmenter_count() == 1  # no second model: the flow used the warm one
+    assert next(iter(resources._segmenters.values())) is warmed
+    assert result["gpu_slot_acquisitions"] == 1  # two batches, one slot for the run (a 30 s slice)
+
+
 def test_ingest_with_content_hash_registers_the_same_bytes_once(shared_data, tmp_path):
     import shutil
 
