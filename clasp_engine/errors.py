@@ -20,3 +20,10 @@ class InvalidImageError(ClaspError, ValueError):
 
 class WeightsNotFoundError(ClaspError, FileNotFoundError):
     """Pretrained weights for a backbone are neither on disk nor downloadable."""
+
+
+def reason_of(exc: BaseException, limit: int = 500) -> str:
+    """What went wrong, as stored and shown per image: an error's own `reason` (the input is
+    named elsewhere) when it has one, else `Type: message`; at most `limit` characters."""
+    reason = getattr(exc, "reason", None)
+    return (str(reason) if reason else f"{type(exc).__name__}: {exc}")[:limit]

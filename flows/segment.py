@@ -24,7 +24,6 @@ stages overlap, so the accelerator rarely waits for the database or the disk:
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import dashboard, gpu_slots, lease, resources, timeouts
+from clasp_engine.errors import reason_of
 from flows.retry import is_transient, transient_task
 from integrations.settings import Settings, check_count, load_settings
 
@@ -156,7 +156,7 @@ def prepare_batch(
             return image_id, uri, data, None, time.perf_counter() - t
         except Exception as exc:  # SourceError names the reason and whether a retry may help
             retryable = bool(getattr(exc, "retryable", False)) or is_transient(exc)
-            return image_id, uri, None, Failure(image_id, uri, "read", _reason(exc), retryable), time.perf_counter() - t
+            return image_id, uri, None, Failure(image_id, uri, "read", reason_of(exc), retryable), time.perf_counter() - t
 
     with ThreadPoolExecutor(max_workers=min(8, len(rows))) as pool:  # I/O bound: overlap downloads
         fetched = list(pool.map(read, rows))
@@ -181,7 +181,7 @@ def prepare_batch(
         except InvalidImageError as exc:
             out.failures.append(Failure(image_id, uri, "decode", exc.reason))
         except Exception as exc:  # a decoder bug on one file must not sink the batch
-            out.failures.append(Failure(image_id, uri, "decode", _reason(exc)))
+            out.failures.append(Failure(image_id, uri, "decode", reason_of(exc)))
         _add_seconds(out.seconds, "decode", time.perf_counter() - t)
     if deferred:
         with resources.session(database_url) as session:
@@ -226,7 +226,7 @@ def segment_batch(items: list[Item], config_json: dict[str, Any]) -> Segmented:
                 try:
                     out.done.append((it, seg(it.image)))
                 except Exception as exc:
-                    out.failures.append(Failure(it.image_id, it.uri, "segment", _reason(exc), not isinstance(exc, ClaspError)))
+                    out.failures.append(Failure(it.image_id, it.uri, "segment", reason_of(exc), not isinstance(exc, ClaspError)))
     out.seconds["engine_wall"] = time.perf_counter() - t0
     return out
 
@@ -299,115 +299,35 @@ def _store(
     settings_json: dict[str, Any],
     overlay_failures: list[Failure] = (),
 ) -> tuple[dict[int, str], set[int], list[Failure]]:
-    """Write a batch in one transaction (`integrations.db.store_batch` for the results); if that fails, image by image.
-
-    The slow path skips the images another worker now holds (lease lost), and an
-    image whose result cannot be stored (a non-transient error: bad data, a codec
-    bug) is recorded failed at stage "store" with that error, so that nothing stays
-    claimed. A transient error (database away) is raised, for the task's retries.
+    """Store a batch (`integrations.db.store_worker_batch`: one transaction, else image by image) and
+    stop renewing its leases. A transient error is raised, for the task's retries.
     Returns (image id -> new status for failed images, ids whose lease another worker took,
-    the failures at stage "store").
-    """
-    from integrations import db as repo
+    the failures at stage "store")."""
+    from integrations.db.worker_batch import FailedImage, store_worker_batch
 
-    max_attempts = int(settings_json.get("max_attempts", 3))
-    statuses: dict[int, str] = {}
-    all_ids = [item.image_id for item, _ in done] + [f.image_id for f in failures]
-    with resources.session(database_url) as session:
-        try:
-            # All results at once (masks compressed in a thread pool before the transaction);
-            # an image whose lease was lost is reported and skipped, the others are stored.
-            lost = set(repo.store_batch(
-                session, run_id, worker_id, [(item.image_id, [seg]) for item, seg in done], commit=False
-            ).lost)
-            for f in overlay_failures:
-                if f.image_id not in lost:
-                    repo.record_failed_step(session, f.image_id, f"{f.stage}: {f.reason}", worker_id,
-                                            run_id=run_id, commit=False)
-            for f in failures:
-                statuses[f.image_id] = repo.record_failure(
-                    session, f.image_id, f"{f.stage}: {f.reason}", worker_id, f.retryable,
-                    max_attempts=max_attempts, run_id=run_id, commit=False,
-                )
-            session.commit()
-            lease.let_go(worker_id, all_ids)
-            return statuses, lost, []
-        except repo.LeaseLostError:
-            session.rollback()  # (the repository already rolled back; keep it explicit)
-        except Exception as exc:
-            session.rollback()
-            if is_transient(exc):
-                raise
-            get_run_logger().warning("storing the batch failed (%s); storing its images one by one", _reason(exc))
-    # Slow path: one transaction per image.
-    lost: set[int] = set()
-    statuses.clear()
-    store_failures: list[Failure] = []
-    missing_overlay = {f.image_id: f for f in overlay_failures}
-    with resources.session(database_url) as session:
-        for item, segmentation in done:
-            try:
-                repo.store_segmentation(session, item.image_id, run_id, segmentation, worker_id)
-            except repo.LeaseLostError:
-                lost.add(item.image_id)
-                continue
-            except Exception as exc:
-                session.rollback()
-                if is_transient(exc):
-                    raise
-                store_failures.append(Failure(item.image_id, item.uri, "store", _reason(exc)))
-                continue
-            f = missing_overlay.get(item.image_id)
-            if f is not None:
-                repo.record_failed_step(session, f.image_id, f"{f.stage}: {f.reason}", worker_id, run_id=run_id)
-        for f in failures + store_failures:
-            try:
-                statuses[f.image_id] = repo.record_failure(
-                    session, f.image_id, f"{f.stage}: {f.reason}", worker_id, f.retryable,
-                    max_attempts=max_attempts, run_id=run_id,
-                )
-            except repo.LeaseLostError:
-                lost.add(f.image_id)
-    lease.let_go(worker_id, all_ids)
-    return statuses, lost, store_failures
+    def fell_back(exc: BaseException) -> None:
+        get_run_logger().warning("storing the batch failed (%s); storing its images one by one", reason_of(exc))
+
+    outcome = store_worker_batch(
+        lambda: resources.session(database_url), run_id, worker_id,
+        [(item.image_id, seg) for item, seg in done],
+        [FailedImage(f.image_id, f"{f.stage}: {f.reason}", f.retryable) for f in failures],
+        [FailedImage(f.image_id, f"{f.stage}: {f.reason}") for f in overlay_failures],
+        max_attempts=int(settings_json.get("max_attempts", 3)), is_transient=is_transient, on_fallback=fell_back,
+    )
+    lease.let_go(worker_id, [item.image_id for item, _ in done] + [f.image_id for f in failures])
+    uri = {item.image_id: item.uri for item, _ in done}
+    store_failures = [Failure(i, uri[i], "store", reason) for i, reason in outcome.unstorable.items()]
+    return outcome.statuses, outcome.lost, store_failures
 
 
 def _write_overlays(directory: Path, done: list[tuple[Item, Any]]) -> list[Failure]:
-    """Write each image's overlay; returns the images whose overlay could not be written, with the
-    error (an unwritable or full output folder fails every image with that error). Their
-    results are stored all the same: the masks are the product, an overlay is a view of one."""
-    from PIL import Image
+    """Each image's overlay (integrations.overlays); the images whose overlay could not be written.
+    Their results are stored all the same: the masks are the product, an overlay is a view of one."""
+    from integrations.overlays import write_overlays
 
-    try:
-        from clasp_engine.render import overlay
-    except ImportError:  # the engine's renderer is optional here: masks are in SQL anyway
-        get_run_logger().warning("clasp_engine.render is not available: no overlays written")
-        return []
-
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except Exception as exc:  # noqa: BLE001 - PermissionError, a file in the way, read-only disk
-        reason = f"{directory}: {_reason(exc)}"
-        return [Failure(item.image_id, item.uri, "overlay", reason) for item, _ in done]
-    failed = []
-    for item, segmentation in done:
-        try:
-            Image.fromarray(overlay(item.image, segmentation.labels)).save(directory / overlay_name(item), quality=85)
-        except Exception as exc:  # noqa: BLE001 - one overlay never sinks the batch's results
-            failed.append(Failure(item.image_id, item.uri, "overlay", _reason(exc)))
-    return failed
-
-
-def overlay_name(item: Item) -> str:
-    """`<image id>-<file stem>.jpg`: sortable by id, recognisable by name."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(item.uri.rstrip("/").split("?")[0]).stem)[:60].strip("._")
-    return f"{item.image_id:06d}-{stem or 'image'}.jpg"
-
-
-def _reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    text = str(reason) if reason else f"{type(exc).__name__}: {exc}"
-    return text[:500]
+    failed = write_overlays(directory, [(it.image_id, it.uri, it.image, seg.labels) for it, seg in done])
+    return [Failure(it.image_id, it.uri, "overlay", failed[it.image_id]) for it, _ in done if it.image_id in failed]
 
 
 @transient_task("open-run", timeout_seconds=timeouts.BOOKKEEPING)
@@ -474,7 +394,7 @@ def settle_claims(
             if not isinstance(exc, Exception):
                 repo.release_claims(session, worker_id, image_ids)
                 return
-            reason, retryable = f"{stage}: {_reason(exc)}", is_transient(exc)
+            reason, retryable = f"{stage}: {reason_of(exc)}", is_transient(exc)
             for image_id in image_ids:
                 try:
                     repo.record_failure(session, image_id, reason, worker_id, retryable,
@@ -539,6 +459,7 @@ def segment(
     claimed_so_far = 0
     # Renews the leases of every image this run holds, and the run's heartbeat (flows/lease.py).
     keeper = lease.LeaseKeeper(url, worker_id, settings.lease_seconds, run_id=run_id).start()
+    slots = gpu_slots.SlotHolder(settings.gpu_slice_seconds)
     stage = "prepare"  # where the flow is, to name the cause if it fails
 
     def next_claim() -> int:
@@ -580,7 +501,7 @@ def segment(
             pending = prepare_batch.submit(url, worker_id, want, settings_json, decode_side) if want else None
             claimed_so_far += want
             stage = "segment"
-            with gpu_slots.gpu_slot():  # one of CLASP_GPU_SLOTS global slots per batch on the GPU
+            with slots.batch():  # one of CLASP_GPU_SLOTS global slots, kept for a time slice
                 segmented = segment_batch(prepared.items, engine_json)
             board.observe(segmented.done)
             if storing is not None:
@@ -588,11 +509,13 @@ def segment(
                 future, storing = storing, None
                 collect(future)
             storing = store_batch.submit(url, run_id, worker_id, prepared, segmented, overlay_dir, settings_json)
+        slots.release()  # the GPU work is done; the last store may still run
         if storing is not None:
             stage = "store"
             future, storing = storing, None
             collect(future)
     except BaseException as exc:
+        slots.release()
         # Nothing stays claimed: the prefetched batch, never started, is given back; every
         # other image this run still holds is recorded failed with the real cause and the
         # stage (a transient cause puts it back in the queue), or released when the run
@@ -622,6 +545,7 @@ def segment(
 
     wall = time.perf_counter() - t_start
     summary = summarize(total, wall, run_id, config_json, n)
+    summary["gpu_slot_acquisitions"] = slots.acquisitions
     close_run(url, run_id, "finished", total.backbone, total.device)
     create_table_artifact(
         table=summary_table(summary),
