@@ -12,6 +12,13 @@ worker takes the images back.
         ...                          # store_batch:   let_go(worker_id, stored ids)
         keeper.held()                # what is still claimed (to fail with the real cause)
 
+A worker that is alive but stuck (an engine call that never returns) would renew
+forever, so an image is renewed for at most `max_hold` seconds after it was
+claimed (`flows.timeouts.MAX_CLAIM_HOLD`: the longest a healthy batch can take).
+Past that the keeper drops it with a warning: its lease runs out and another
+worker takes it back; should the stuck batch ever finish, its store finds the
+lease lost and writes nothing for that image.
+
 The tasks that claim and store run on threads of the flow's process (the
 ThreadPoolTaskRunner), so they find the keeper by the worker id in a
 process-wide table.
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -55,26 +63,34 @@ class LeaseKeeper:
     tried again at the next tick; an image another worker took back is dropped."""
 
     def __init__(self, database_url: str, worker_id: str, lease_seconds: float, *, run_id: Any = None,
-                 interval: float | None = None):
+                 interval: float | None = None, max_hold: float | None = None, clock=time.monotonic):
+        from flows.timeouts import MAX_CLAIM_HOLD
+
         self.database_url = database_url
         self.worker_id = worker_id
         self.lease_seconds = float(lease_seconds)
         self.run_id = run_id
         self.interval = renew_interval(lease_seconds) if interval is None else interval
+        self.max_hold = float(MAX_CLAIM_HOLD if max_hold is None else max_hold)
         self.renewals = 0  # successful ticks, for tests and logs
-        self._held: set[int] = set()
+        self.overdue: list[int] = []  # images given up on because they were held past max_hold
+        self._clock = clock
+        self._held: dict[int, float] = {}  # image id -> when it was first held
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- the set of held images
     def hold(self, image_ids: Iterable[int]) -> None:
+        now = self._clock()
         with self._lock:
-            self._held.update(int(i) for i in image_ids)
+            for i in image_ids:
+                self._held.setdefault(int(i), now)
 
     def let_go(self, image_ids: Iterable[int]) -> None:
         with self._lock:
-            self._held.difference_update(int(i) for i in image_ids)
+            for i in image_ids:
+                self._held.pop(int(i), None)
 
     def held(self) -> list[int]:
         with self._lock:
@@ -115,6 +131,7 @@ class LeaseKeeper:
         from flows import resources
         from integrations import db as repo
 
+        self._drop_overdue()
         ids = self.held()
         with resources.session(self.database_url) as session:
             kept = repo.renew_leases(session, self.worker_id, ids, self.lease_seconds, commit=False) if ids else []
@@ -127,3 +144,16 @@ class LeaseKeeper:
             self.let_go(lost)
         self.renewals += 1
         return kept
+
+    def _drop_overdue(self) -> None:
+        """Stop renewing images held longer than max_hold (a stuck batch): their leases will run out."""
+        now = self._clock()
+        with self._lock:
+            overdue = sorted(i for i, since in self._held.items() if now - since > self.max_hold)
+            for i in overdue:
+                del self._held[i]
+        if overdue:
+            self.overdue += overdue
+            log.warning("worker %s held %d images for more than %.0f s (a stuck batch?): no longer renewing "
+                        "their leases, so another worker takes them back when they expire: %s",
+                        self.worker_id, len(overdue), self.max_hold, overdue[:20])

@@ -18,6 +18,10 @@ LOAD_MODEL = 900
 SEGMENT = 2400
 STORE = 600
 BOOKKEEPING = 120
+# The longest a healthy worker holds a claim: prepared, waiting while the previous batch
+# is segmented, segmented, stored. Past it the lease keeper stops renewing (flows/lease.py):
+# a worker stuck inside a call loses the images to another worker.
+MAX_CLAIM_HOLD = PREPARE + 2 * SEGMENT + STORE
 
 # Ingest: a chunk of 1000 URIs; with hash_content each image is read (8 at a time,
 # 20 s cap each): 1000 / 8 x 20 s = 2500 s at worst. Listing a source: a folder walk

@@ -151,6 +151,44 @@ def test_killed_worker_leases_expire_and_are_reclaimed(db_url, tmp_path):
         assert {st for (st,) in s.execute(sa.select(Image.status))} == {"claimed"}
 
 
+def test_a_stuck_worker_stops_renewing_after_the_maximum_hold(db_url, caplog):
+    """Alive but stuck: the keeper renews an image for at most max_hold seconds after its claim,
+    then drops it (named in a warning); its lease is no longer extended, the others' are."""
+    import sqlalchemy as sa
+
+    from flows import resources
+    from flows.lease import LeaseKeeper
+    from integrations import db as repo
+    from integrations.db.models import Image
+
+    now = [0.0]
+    with resources.session(db_url) as s:
+        repo.add_images(s, [f"/stuck/{i}.jpg" for i in range(4)])
+        early = [c.id for c in repo.claim_batch(s, "w", 3, 60)]
+        late = [c.id for c in repo.claim_batch(s, "w", 1, 60)]
+    keeper = LeaseKeeper(db_url, "w", 60, max_hold=100, clock=lambda: now[0])  # not started: ticks by hand
+    keeper.hold(early)
+    now[0] = 50.0
+    keeper.hold(late)
+    keeper.hold(early)  # held again (another task): the clock of a claim does not restart
+    assert keeper.renew_now() == sorted(early + late)
+
+    def expiries():
+        with resources.session(db_url) as s:
+            return dict(s.execute(sa.select(Image.id, Image.lease_expires_at)).all())
+
+    before = expiries()
+    time.sleep(1.1)  # the database clock moves on
+    now[0] = 120.0  # the early batch has been held 120 s > 100 s; the late one 70 s
+    with caplog.at_level("WARNING", logger="flows.lease"):
+        assert keeper.renew_now() == late
+    assert keeper.overdue == sorted(early) and keeper.held() == late
+    assert "more than 100 s" in caplog.text and str(early[0]) in caplog.text
+    after = expiries()
+    assert all(after[i] == before[i] for i in early)  # no longer extended: they run out
+    assert after[late[0]] > before[late[0]]
+
+
 def _unwritable_folder(tmp_path: Path) -> Path:
     """A folder this process cannot create anything in (a real PermissionError, as root too)."""
     if os.geteuid() == 0:  # root ignores permission bits; sysfs refuses new folders to everyone
