@@ -286,6 +286,26 @@ def saturated(px: np.ndarray, min_chroma: int = 40) -> np.ndarray:
     return (p.max(2) - p.min(2)) > min_chroma
 
 
+def screenshot_grid_cells(server, chromium: str, project_id: int, task_id: int, out: Path, aspect: float,
+                          palette: list) -> tuple[tuple[int, int], list[tuple[np.ndarray, int]]]:
+    """Screenshot the task, find the drawn overlay (it must have the image's aspect), and read the
+    colour at the centre of each cell of its 2 x 3 grid: ((width, height), [(median RGB, palette index)])."""
+    open_task_screenshot(server, chromium, project_id, task_id, out, ready=lambda px: saturated(px).sum() > 50_000)
+    px = np.asarray(PILImage.open(out).convert("RGB"))
+    top, bottom, left, right = overlay_box(saturated(px))
+    h, w = bottom - top, right - left
+    assert abs(w / h - aspect) < 0.1 * aspect, f"overlay box {w}x{h} is not the image's shape; see {out}"
+    cells = []
+    for cell in range(6):
+        row, col = divmod(cell, 3)
+        y0, y1 = top + int((row + 0.25) * h / 2), top + int((row + 0.75) * h / 2)
+        x0, x1 = left + int((col + 0.25) * w / 3), left + int((col + 0.75) * w / 3)
+        shown = np.median(px[y0:y1, x0:x1].reshape(-1, 3), axis=0)
+        idx, _ = palette_of(shown[None, :], np.asarray(GREY)[None, :], palette)
+        cells.append((shown, int(idx)))
+    return (w, h), cells
+
+
 def overlay_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     """top, bottom, left, right of the region where the mask is dense (the editor's canvas)."""
     rows = np.flatnonzero(mask.sum(1) > 0.3 * mask.sum(1).max())
@@ -336,20 +356,10 @@ def test_touching_proposals_are_drawn_in_different_colours(label_studio_server, 
     assert all(label_of[a] != label_of[b] for a, b in touching), label_of  # the push coloured them apart
 
     out = artifacts_dir / "label_studio_review_grid.png"
-    open_task_screenshot(label_studio_server, chromium, project.id, task_id, out,
-                         ready=lambda px: saturated(px).sum() > 50_000)
-    px = np.asarray(PILImage.open(out).convert("RGB"))
-    top, bottom, left, right = overlay_box(saturated(px))
-    h, w = bottom - top, right - left
-    assert abs(w / h - gw / gh) < 0.1 * gw / gh, f"overlay box {w}x{h} is not the image's shape; see {out}"
     palette = [hex_rgb(c) for c in cfg.palette]
+    (w, h), cells = screenshot_grid_cells(label_studio_server, chromium, project.id, task_id, out, gw / gh, palette)
     seen: dict[int, int] = {}
-    for cell in range(6):
-        row, col = divmod(cell, 3)
-        y0, y1 = top + int((row + 0.25) * h / 2), top + int((row + 0.75) * h / 2)
-        x0, x1 = left + int((col + 0.25) * w / 3), left + int((col + 0.75) * w / 3)
-        shown = np.median(px[y0:y1, x0:x1].reshape(-1, 3), axis=0)
-        idx, res = palette_of(shown[None, :], np.asarray(GREY)[None, :], palette)
+    for cell, (shown, idx) in enumerate(cells):
         seen[cell] = idx
         expected = cfg.proposal_labels.index(label_of[cell])
         assert idx == expected, (
@@ -471,22 +481,10 @@ def test_reviewer_sees_suggested_labels_from_past_reviews(label_studio_server, c
     assert pred["score"] == score_of[0] >= 0.9  # the task's risk: the highest non-safe confidence
 
     out = artifacts_dir / "label_studio_review_suggestions.png"
-    open_task_screenshot(label_studio_server, chromium, project.id, task_id, out,
-                         ready=lambda px: saturated(px).sum() > 50_000)
-    px = np.asarray(PILImage.open(out).convert("RGB"))
-    top, bottom, left, right = overlay_box(saturated(px))
-    h, w = bottom - top, right - left
-    assert abs(w / h - gw / gh) < 0.1 * gw / gh, f"overlay box {w}x{h} is not the image's shape; see {out}"
     colours = cfg.colours()
     names = [n for n in colours if n != cfg.neutral_label and colours[n].upper() != "#8E8E93"]  # grey: invisible on grey
     palette = [hex_rgb(colours[n]) for n in names]
-    seen = {}
-    for cell in range(6):
-        row, col = divmod(cell, 3)
-        y0, y1 = top + int((row + 0.25) * h / 2), top + int((row + 0.75) * h / 2)
-        x0, x1 = left + int((col + 0.25) * w / 3), left + int((col + 0.75) * w / 3)
-        shown = np.median(px[y0:y1, x0:x1].reshape(-1, 3), axis=0)
-        idx, _ = palette_of(shown[None, :], np.asarray(GREY)[None, :], palette)
-        seen[cell] = names[idx]
+    (w, h), cells = screenshot_grid_cells(label_studio_server, chromium, project.id, task_id, out, gw / gh, palette)
+    seen = {cell: names[idx] for cell, (_, idx) in enumerate(cells)}
     assert seen == label_of, f"drawn colours {seen} differ from the pushed labels {label_of}; see {out}"
     print(f"overlay box {w}x{h}; drawn labels {seen}; task score {pred['score']}; screenshot {out}")
