@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="backend: backbone weights (a file, or 'random' for speed tests only)")
     parser.add_argument("--granularity", action="store_true",
                         help="backend: also answer the coarser and finer partitions of the K search (extra predictions)")
+    parser.add_argument("--suggestions", action="store_true",
+                        help="backend: label regions with confident suggestions from past reviews (kNN over the "
+                             "exemplars in CLASP_DATABASE_URL, threshold CLASP_SUGGESTION_THRESHOLD)")
     parser.add_argument("--backend", metavar="URL",
                         help="start: connect the ML backend at URL (e.g. http://127.0.0.1:9090) to the demo project")
     parser.add_argument("--port", type=port_number,
@@ -57,9 +60,24 @@ def _backend(args: argparse.Namespace) -> int:
     from integrations.label_studio.backend import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    suggest = None
+    if args.suggestions:
+        from integrations.db.schema import ensure_schema
+        from integrations.db.session import display_url
+        from integrations.review.suggestions import LiveSuggestions
+        from integrations.settings import load_settings
+
+        settings = load_settings()  # a bad setting: SettingsError, reported by clasp_cli.main (exit 2)
+        try:
+            ensure_schema(settings.database_url)
+        except Exception as e:  # noqa: BLE001 - unreachable server, schema behind, bad URL
+            print(f"clasp label-studio backend: --suggestions: database {display_url(settings.database_url)}: {e}",
+                  file=sys.stderr)
+            return 2
+        suggest = LiveSuggestions(settings.database_url, threshold=settings.suggestion_threshold)
     try:
         serve(args.host, args.port or 9090, backbone=args.backbone, variant=args.variant, weights=args.weights,
-              granularity=args.granularity)
+              granularity=args.granularity, suggest=suggest)
     except ClaspError as e:  # bad backbone/variant, weights that cannot be loaded
         print(f"clasp label-studio backend: {e}", file=sys.stderr)
         return 2

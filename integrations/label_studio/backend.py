@@ -8,6 +8,9 @@ Speaks the protocol Label Studio 1.23 uses for "Model" connections:
   one entry per task, in order (with `--granularity`, the coarser and finer partitions of
   the K search follow as extra predictions with their own model_version); a task that fails gets `[]` (no prediction) and its
   reason in `errors` (task id -> message) and in the log, the other tasks go on;
+  With suggestions on (`--suggestions`), regions whose kNN vote over the reviewed
+  exemplars in CLASP's database is confident carry that moderation label instead
+  of a proposal label, as in `clasp run`'s push (model_version `...+ex-...`);
 - `POST /webhook` -> `{"status": "ok"}` (Label Studio sends annotation events; CLASP
   does not train, so they are acknowledged and ignored).
 
@@ -32,6 +35,7 @@ import base64
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -60,6 +64,10 @@ LABEL_STUDIO_PATHS = ("/data/", "/storage-data/", "/tasks/", "/api/")
 NEUTRAL = "region"
 
 
+# (prediction, its regions, the Segmentation, labels a suggestion may carry) -> the prediction to answer
+Suggester = Callable[[dict, list, Any, list[str]], dict]
+
+
 class BackendError(ValueError):
     """One task cannot get a prediction (its image, the config, the token); the message says why."""
 
@@ -73,6 +81,13 @@ class BrushTarget:
     image_key: str
     labeling: LabelingConfig
     label: str | None  # a single label for every region, or None to colour with labeling.proposal_labels
+    labels: tuple[str, ...] = ()  # every label the config defines
+
+    @property
+    def moderation_labels(self) -> list[str]:
+        """The config's labels other than the proposal labels: those a suggestion may carry."""
+        neutral = self.labeling.neutral_label
+        return [lab for lab in self.labels if lab != neutral and not is_proposal_label(lab, neutral)]
 
     @classmethod
     def from_config(cls, xml: str) -> "BrushTarget":
@@ -91,7 +106,7 @@ class BrushTarget:
             taxonomy={neutral: "#FF00FF"}, neutral_label=neutral, from_name=from_name, to_name=to_name,
             image_key=image_key, palette=tuple("#000000" for _ in numbered),
         )
-        return cls(from_name, to_name, image_key, labeling, label)
+        return cls(from_name, to_name, image_key, labeling, label, tuple(labels))
 
 
 @dataclass
@@ -180,7 +195,7 @@ class ProposalModel:
 
     def __init__(self, backbone: str = "classic", variant: str = "pixel", weights: str | None = None,
                  policy: RegionPolicy | None = None, fetcher: ImageFetcher | None = None,
-                 granularity: bool = False) -> None:
+                 granularity: bool = False, suggest: Suggester | None = None) -> None:
         from clasp_engine import Segmenter, SegmenterConfig
         from clasp_engine import __version__ as engine_version
 
@@ -193,6 +208,7 @@ class ProposalModel:
         name = getattr(getattr(self.segmenter, "backbone", None), "name", backbone)
         self.model_version = model_version(engine_version, name, self.config.to_dict(), variant)
         self.granularity = granularity  # also answer the coarser / finer partitions of the K search
+        self.suggest = suggest  # suggested labels from past reviews (integrations.review.suggestions.LiveSuggestions)
         self._lock = threading.Lock()  # one segmentation at a time: the engine uses all cores anyway
         self.served = 0
 
@@ -208,7 +224,10 @@ class ProposalModel:
             seg.labels, {s.label: s.confidence for s in seg.segments}, model_version=self.model_version,
             config=target.labeling, policy=self.policy, label=target.label,
         )
-        out = [built.prediction]
+        prediction = built.prediction
+        if self.suggest is not None and target.moderation_labels:
+            prediction = self.suggest(prediction, built.regions, seg, target.moderation_labels)
+        out = [prediction]
         if self.granularity:
             for name, (k, alt) in sorted(granularity_alternatives(seg).items()):
                 out.append(build_prediction(
@@ -311,14 +330,15 @@ def fetcher_from_settings(settings=None) -> ImageFetcher:
 
 
 def serve(host: str, port: int, *, backbone: str = "classic", variant: str = "pixel", weights: str | None = None,
-          granularity: bool = False, log_level: str = "info") -> None:
+          granularity: bool = False, suggest: Suggester | None = None, log_level: str = "info") -> None:
     """Load the model once, then serve until interrupted."""
     import uvicorn
 
     fetcher = fetcher_from_settings()
     if not fetcher.token:
         log.warning("no LABEL_STUDIO_API_KEY: images uploaded to Label Studio cannot be read (those tasks fail)")
-    model = ProposalModel(backbone=backbone, variant=variant, weights=weights, fetcher=fetcher, granularity=granularity)
+    model = ProposalModel(backbone=backbone, variant=variant, weights=weights, fetcher=fetcher, granularity=granularity,
+                          suggest=suggest)
     log.info("CLASP ML backend: %s loaded in %.1fs; serving on http://%s:%d", model.model_version,
              model.load_seconds, host, port)
     uvicorn.run(create_app(model), host=host, port=port, log_level=log_level)

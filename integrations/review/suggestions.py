@@ -14,6 +14,8 @@ one log line, never an error.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -234,3 +236,56 @@ def segmentation_suggestions(session: Any, segmentation_id: int, index_dir: Any 
     exemplar set's version (None when there is no exemplar of this embedding model: all neutral).
     For many segmentations, use one ``SuggestionSource`` (one index build)."""
     return SuggestionSource(session, index_dir, k=k).for_segmentation(segmentation_id)
+
+
+class LiveSuggestions:
+    """Suggested labels for a server that runs for days (the ML backend): the prediction built for
+    a fresh Segmentation gets its confident suggestions (`apply_suggestions`).
+
+    Each embedding model's exemplar index is built from SQL on first use and refreshed
+    (new and relabelled exemplars, `ExemplarIndex.refresh`) when it is older than
+    `refresh_seconds`, so reviews synced while the server runs are used within that time.
+    Indexes stay in memory (the push's files under `exemplar_index_dir` are not written
+    from here). Call it as `(prediction, regions, segmentation, allowed_labels) -> prediction`.
+    """
+
+    def __init__(self, database_url: str, *, threshold: float = DEFAULT_THRESHOLD, refresh_seconds: float = 60.0,
+                 k: int = K, clock=time.monotonic):
+        from integrations.db.session import make_session_factory
+
+        self.sessions = make_session_factory(database_url)
+        self.threshold = float(threshold)
+        self.refresh_seconds = float(refresh_seconds)
+        self.k = k
+        self._clock = clock
+        self._indexes: dict[str, tuple[ExemplarIndex | None, float]] = {}
+        self._lock = threading.Lock()  # requests run on a thread pool
+
+    def index(self, model: str) -> ExemplarIndex | None:
+        """The exemplar index of `model` (None while it has no exemplar), refreshed when stale."""
+        with self._lock:
+            index, read_at = self._indexes.get(model, (None, None))
+            now = self._clock()
+            if read_at is not None and now - read_at < self.refresh_seconds:
+                return index
+            with self.sessions() as session:
+                if index is None:
+                    index = ExemplarIndex.build(session, model)
+                else:
+                    index.refresh(session)
+            self._indexes[model] = (index, now)
+            return index
+
+    def __call__(self, prediction: dict[str, Any], regions: list[Any], segmentation: Any,
+                 allowed_labels: list[str]) -> dict[str, Any]:
+        from integrations.db.embeddings import embedding_model
+
+        emb = getattr(segmentation, "region_embeddings", None)
+        if emb is None or len(emb) == 0:
+            return prediction
+        index = self.index(embedding_model(segmentation.diagnostics))
+        if index is None or index.size == 0:
+            return prediction
+        by_segment = dict(enumerate(suggest(index, np.asarray(emb, dtype=np.float32), k=self.k)))
+        return apply_suggestions(prediction, region_suggestion_map(regions, by_segment), threshold=self.threshold,
+                                 exemplar_version=index.version, taxonomy=allowed_labels)
