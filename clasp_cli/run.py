@@ -138,7 +138,10 @@ def run(args: argparse.Namespace) -> int:
     # Started now, so that it dies with this command even on kill -9 (clasp_cli/temporary_server.py).
     from clasp_cli.temporary_server import start_tied_prefect_server
 
-    start_tied_prefect_server()
+    if start_tied_prefect_server() is not None:
+        # A temporary server is this command's alone: a GPU limit on it coordinates nothing, and
+        # each slot acquisition would be a round trip to its SQLite database (flows/gpu_slots.py).
+        os.environ["CLASP_GPU_LIMIT"] = "false"
     # In-process there is nobody to notice a crashed run from its missing heartbeats,
     # and each flow would wait ~1 s for its heartbeat thread at its end.
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):

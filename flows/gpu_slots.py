@@ -90,13 +90,15 @@ class SlotHolder:
                 with slots.batch():      # acquires if not held (waits for a free slot)
                     engine(batch)        # hands the slot back after the batch once the slice is over
 
-    `slice_seconds=0` acquires and releases around every batch. The slot is always
+    `slice_seconds=0` acquires and releases around every batch; `enabled=False` takes
+    no slot at all (a private Prefect server, see `Settings.gpu_limit`). The slot is always
     handed back between batches, never during one, and when the holder closes
     (end of the run, or an error).
     """
 
-    def __init__(self, slice_seconds: float, clock=time.monotonic) -> None:
+    def __init__(self, slice_seconds: float, clock=time.monotonic, *, enabled: bool = True) -> None:
         self.slice_seconds = float(slice_seconds)
+        self.enabled = enabled  # False: no slot is taken (CLASP_GPU_LIMIT=false)
         self.acquisitions = 0  # how many times a slot was taken (for the run summary and tests)
         self._clock = clock
         self._held: ExitStack | None = None
@@ -108,6 +110,9 @@ class SlotHolder:
 
     @contextmanager
     def batch(self) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
         if self._held is None:
             stack = ExitStack()
             stack.enter_context(gpu_slot())

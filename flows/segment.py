@@ -443,7 +443,8 @@ def segment(
 
     t_start = time.perf_counter()
     board = dashboard.RunDashboard()  # pictures for the Artifacts tab
-    gpu_slots.ensure_gpu_limit()  # the global GPU limit exists (sized by CLASP_GPU_SLOTS)
+    if settings.gpu_limit:
+        gpu_slots.ensure_gpu_limit()  # the global GPU limit exists (sized by CLASP_GPU_SLOTS)
     opened = open_run(url, config_json, worker_id, str(flow_run.get_id() or ""), settings.max_attempts)
     run_id = opened["run_id"]
     expected = opened["waiting"] if limit is None else min(limit, opened["waiting"])
@@ -459,7 +460,7 @@ def segment(
     claimed_so_far = 0
     # Renews the leases of every image this run holds, and the run's heartbeat (flows/lease.py).
     keeper = lease.LeaseKeeper(url, worker_id, settings.lease_seconds, run_id=run_id).start()
-    slots = gpu_slots.SlotHolder(settings.gpu_slice_seconds)
+    slots = gpu_slots.SlotHolder(settings.gpu_slice_seconds, enabled=settings.gpu_limit)
     stage = "prepare"  # where the flow is, to name the cause if it fails
 
     def next_claim() -> int:

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     # answers 503 (SQLITE_BUSY_SNAPSHOT) and the client backs off: per batch, that cost
     # 30% of a CPU run's wall time (flows/gpu_slots.py).
     gpu_slice_seconds: float = Field(30.0, ge=0.0, le=3600.0)
+    # Off: segment runs take no slot. `clasp run` turns it off when it runs on its own temporary
+    # Prefect server, whose limit no other worker can see (it guards nothing there).
+    gpu_limit: bool = True
 
     # --- image sources ---
     http_timeout_s: float = Field(20.0, gt=0, le=3600)

@@ -38,6 +38,11 @@ def test_clasp_run_samples_then_status(tmp_path):
     assert "clasp.db" in out and "overlays" in out
     assert len(list((tmp_path / "clasp-output" / "overlays").glob("*.jpg"))) == 3
     assert (tmp_path / ".clasp" / "prefect").is_dir()  # Prefect's local history stays in the project folder
+    # its own temporary server: no GPU limit on it (nobody else could see it), so no slot round trips
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / ".clasp" / "prefect" / "prefect.db") as db:
+        assert db.execute("select name from concurrency_limit_v2").fetchall() == []
     assert "Failed to send telemetry" not in run.stdout + run.stderr
 
     status = subprocess.run([*CLASP, "status", "--json"], cwd=tmp_path, env=_env(), capture_output=True, text=True,

@@ -40,7 +40,7 @@ def events(monkeypatch):
 def run_batches(holder: gpu_slots.SlotHolder, clock: Clock, durations: list[float], log: list[str]) -> None:
     for seconds in durations:
         with holder.batch():
-            assert holder.held
+            assert holder.held == holder.enabled
             log.append("batch")
             clock.now += seconds
 
@@ -78,6 +78,13 @@ def test_an_error_in_a_batch_hands_the_slot_back_on_close(events):
             with holder.batch():
                 raise RuntimeError("engine failed")
     assert events == ["acquire", "release"] and not holder.held
+
+
+def test_disabled_holder_takes_no_slot(events):
+    clock = Clock()
+    with gpu_slots.SlotHolder(30.0, clock=clock, enabled=False) as holder:
+        run_batches(holder, clock, [1.0, 1.0], events)
+    assert events == ["batch", "batch"] and holder.acquisitions == 0
 
 
 def test_slice_setting_is_validated():
