@@ -36,8 +36,8 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import dashboard, gpu_slots, lease, resources, timeouts
 from clasp_engine.errors import reason_of
+from flows import dashboard, gpu_slots, lease, resources, timeouts
 from flows.retry import is_transient, transient_task
 from integrations.settings import Settings, check_count, load_settings
 
