@@ -118,6 +118,10 @@ def _add_seconds(into: dict[str, float], key: str, value: float) -> None:
 # a 9000x9000 JPEG then decodes at 4500x4500 (61 MB of RGB instead of 243 MB), while photos
 # up to 4096 px keep full-size masks.
 FULL_DECODE_SIDE = 4096
+# Seconds the engine may wait for the next batch's input while keeping its GPU slot; past
+# that the slot is handed back (and taken again for that batch), so that a run starved of
+# input does not keep the GPU from other runs.
+INPUT_WAIT_KEEPING_SLOT = 1.0
 
 # ---------------------------------------------------------------- tasks
 @transient_task("prepare-batch", persist_result=False, timeout_seconds=timeouts.PREPARE)
@@ -408,6 +412,13 @@ def settle_claims(
             pass
 
 
+def wait_for(future: Any, seconds: float) -> bool:
+    """Wait up to `seconds` for a submitted task; True when it has finished."""
+    from concurrent.futures import wait
+
+    return not wait([future.wrapped_future], timeout=seconds).not_done
+
+
 # ---------------------------------------------------------------- the flow
 @flow(name="segment", task_runner=ThreadPoolTaskRunner(max_workers=3), log_prints=False)
 def segment(
@@ -493,6 +504,8 @@ def segment(
             total.io_seconds["model_load"] = warm.result()
         while pending is not None:
             stage = "prepare"
+            if slots.held and not wait_for(pending, INPUT_WAIT_KEEPING_SLOT):
+                slots.release()  # starved of input (slow downloads): another run may use the GPU meanwhile
             prepared: Prepared = pending.result()
             pending = None
             if prepared.claimed == 0:

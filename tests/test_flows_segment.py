@@ -276,6 +276,43 @@ def test_clasp_run_warms_the_engine_the_segment_flow_then_uses(shared_data, tmp_
     assert result["gpu_slot_acquisitions"] == 1  # two batches, one slot for the run (a 30 s slice)
 
 
+def test_a_run_starved_of_input_hands_its_gpu_slot_back(shared_data, tmp_path, monkeypatch):
+    """The second batch's images are slow to arrive: the run gives its slot back while it waits
+    (after INPUT_WAIT_KEEPING_SLOT) and takes it again for that batch: two acquisitions, not one.
+    The slow reads finish when the slot is handed back (or after 20 s, and the test fails)."""
+    import threading
+
+    from flows import gpu_slots, resources
+    from flows.segment import segment
+    from integrations import sources
+    from integrations.db import add_images
+
+    real_read, real_release = sources.read_image_bytes, gpu_slots.SlotHolder.release
+    calls, lock, handed_back = [0], threading.Lock(), threading.Event()
+
+    def release(self):
+        if self.held:
+            handed_back.set()
+        real_release(self)
+
+    def slow_after_first_batch(uri, settings):
+        with lock:
+            calls[0] += 1
+            n = calls[0]
+        if n > 2:
+            handed_back.wait(timeout=20)
+        return real_read(uri, settings)
+
+    monkeypatch.setattr(sources, "read_image_bytes", slow_after_first_batch)
+    monkeypatch.setattr(gpu_slots.SlotHolder, "release", release)
+    with fs.database("sqlite", tmp_path) as url:
+        with resources.session(url) as session:
+            add_images(session, [str(p) for p in fs.shared_images(shared_data, 4)])
+        result = segment(database_url=url, batch_size=2, overlays=False, **fs.FAST)
+    assert result["done"] == 4
+    assert result["gpu_slot_acquisitions"] == 2, result["io_seconds"]
+
+
 def test_ingest_with_content_hash_registers_the_same_bytes_once(shared_data, tmp_path):
     import shutil
 
