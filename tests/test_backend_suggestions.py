@@ -122,3 +122,34 @@ def test_backend_suggestions_with_an_unreachable_database_fail_before_serving(mo
     rc = main(["label-studio", "backend", "--suggestions", "--port", "9"])
     err = capsys.readouterr().err
     assert rc == 2 and "--suggestions: database" in err and "127.0.0.1:1" in err
+
+
+def test_database_away_keeps_the_last_index_and_tries_again_later(sqlite_url, caplog):  # noqa: F811
+    from sqlalchemy.exc import OperationalError
+
+    from integrations.db.schema import upgrade
+
+    upgrade(sqlite_url, "head")
+    with Session(create_engine(sqlite_url)) as s:
+        insert_exemplars(s, ["violence", "drugs"], np.eye(2, 8, dtype=np.float32), "m")
+        s.commit()
+    now = [0.0]
+    live = LiveSuggestions(sqlite_url, refresh_seconds=60, clock=lambda: now[0])
+    assert live.index("m").size == 2
+    sessions, attempts = live.sessions, []
+
+    def database_away():
+        attempts.append(now[0])
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    live.sessions = database_away
+    now[0] = 61.0
+    with caplog.at_level("WARNING", logger="integrations.review.suggestions"):
+        assert live.index("m").size == 2  # the last read still serves
+        assert live.index("m").size == 2  # and the database is not asked again at once
+    assert attempts == [61.0]
+    assert "connection refused" in caplog.text and "suggestions from the last read" in caplog.text
+    assert live.index("other") is None and attempts == [61.0, 61.0]  # never read: no suggestions
+    live.sessions = sessions
+    now[0] = 122.0
+    assert live.index("m").size == 2 and live.index("other") is None  # back: read again

@@ -245,6 +245,8 @@ class LiveSuggestions:
     Each embedding model's exemplar index is built from SQL on first use and refreshed
     (new and relabelled exemplars, `ExemplarIndex.refresh`) when it is older than
     `refresh_seconds`, so reviews synced while the server runs are used within that time.
+    When the database cannot be read, the last index read is used (none: no suggestions),
+    and the read is tried again after `refresh_seconds`; proposals are always answered.
     Indexes stay in memory (the push's files under `exemplar_index_dir` are not written
     from here). Call it as `(prediction, regions, segmentation, allowed_labels) -> prediction`.
     """
@@ -268,11 +270,16 @@ class LiveSuggestions:
             now = self._clock()
             if read_at is not None and now - read_at < self.refresh_seconds:
                 return index
-            with self.sessions() as session:
-                if index is None:
-                    index = ExemplarIndex.build(session, model)
-                else:
-                    index.refresh(session)
+            try:
+                with self.sessions() as session:
+                    if index is None:
+                        index = ExemplarIndex.build(session, model)
+                    else:
+                        index.refresh(session)
+            except Exception as exc:  # noqa: BLE001 - the database away: serve with what is known
+                log.warning("exemplars of %s not read (%s: %s): %s; trying again in %.0f s", model,
+                            type(exc).__name__, exc, "suggestions from the last read" if index is not None
+                            else "proposals without suggestions", self.refresh_seconds)
             self._indexes[model] = (index, now)
             return index
 
