@@ -9,7 +9,9 @@ Prefect server, not in a process, so it holds across machines.
 
 A run keeps its slot over consecutive batches for a time slice
 (CLASP_GPU_SLICE_SECONDS, default 30 s), then hands it back between two batches
-and queues again, so a waiting run gets the GPU within about a slice. Why not a
+and queues again, so a waiting run gets the GPU within about a slice (and at once
+when the holder waits for input: flows/segment.py hands the slot back when its
+next batch is not ready within INPUT_WAIT_KEEPING_SLOT). Why not a
 slot per batch: each acquisition is a round trip to the Prefect API, and the
 embedded SQLite-backed server answers it with a 503 whenever one of its own
 writes overlaps (SQLITE_BUSY_SNAPSHOT), after which Prefect's client waits
