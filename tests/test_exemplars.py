@@ -389,3 +389,14 @@ def test_granularity_alternatives_are_stored_and_pushed_from_the_database_when_a
     got = {p["model_version"].rsplit("/", 1)[1]: len(p["result"]) for p in alts}
     assert got == {f"{name}-k{k}": k for name, (k, _) in wanted.items()}, got
     assert all(p["model_version"].startswith(main["model_version"] + "/") for p in alts)
+
+
+def test_stack_vectors_reads_bytes_and_arrays_and_checks_the_dimension():
+    from integrations.db.vector import VectorDimensionError, stack_vectors, vector_bytes
+
+    a, b = np.arange(4, dtype=np.float32), -np.arange(4, dtype=np.float32)
+    got = stack_vectors([vector_bytes(a, 4), b], 4)
+    assert got.dtype == np.float32 and np.array_equal(got, np.stack([a, b]))
+    assert stack_vectors([], 4).shape == (0, 4)
+    with pytest.raises(VectorDimensionError, match="dimension 4"):
+        stack_vectors([a, np.zeros(3, np.float32)], 4)

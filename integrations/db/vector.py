@@ -44,14 +44,22 @@ def vector_bytes(value: Any, dim: int | None = None, *, what: str = "vector") ->
     return arr.tobytes()
 
 
-def vectors_from_bytes(blobs: list[bytes], dim: int) -> np.ndarray:
-    """Stack stored vectors into an (n, dim) float32 array (one copy, no per-row arrays)."""
-    if not blobs:
-        return np.zeros((0, dim), dtype=np.float32)
-    arr = np.frombuffer(b"".join(blobs), dtype=FLOAT32)
-    if arr.size != len(blobs) * dim:
+def stack_vectors(values: list[Any], dim: int) -> np.ndarray:
+    """Stack stored vectors (column bytes, or the arrays the `Vector` column reads back) into an
+    (n, dim) float32 array, in one copy.
+
+    Raises
+    ------
+    VectorDimensionError
+        When the vectors are not all of dimension ``dim``.
+    """
+    if not values:
+        return np.zeros((0, dim), dtype=FLOAT32)
+    arr = np.frombuffer(b"".join(v.astype(FLOAT32).tobytes() if isinstance(v, np.ndarray) else bytes(v)
+                                 for v in values), dtype=FLOAT32)
+    if arr.size != len(values) * dim:
         raise VectorDimensionError(f"stored vectors are not all of dimension {dim}")
-    return arr.reshape(len(blobs), dim).astype(np.float32, copy=False)
+    return arr.reshape(len(values), dim)
 
 
 class Vector(TypeDecorator):

@@ -47,7 +47,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from integrations.db.models import Exemplar
-from integrations.db.vector import FLOAT32, VectorDimensionError
+from integrations.db.vector import VectorDimensionError, stack_vectors
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +249,7 @@ class ExemplarIndex:
                 if r[1] is None:
                     r[1] = got[r[0]]
         if add_rows:
-            vecs = np.frombuffer(b"".join(bytes(e) if not isinstance(e, np.ndarray) else e.astype(FLOAT32).tobytes()
-                                          for _, e in add_rows), dtype=FLOAT32).reshape(len(add_rows), self.dim)
+            vecs = stack_vectors([e for _, e in add_rows], self.dim)
             self.index.add_with_ids(np.ascontiguousarray(vecs), np.fromiter((i for i, _ in add_rows), dtype=np.int64))
 
     def _code(self, label: str) -> int:
