@@ -262,7 +262,7 @@ def store_batch(
 
     t = time.perf_counter()
     failures = prepared.failures + segmented.failures
-    stored, lost, store_failures = _store(
+    failed_status, lost, store_failures = _store(
         database_url, run_id, worker_id, segmented.done, failures, settings_json, overlay_failures
     )
     failures = failures + store_failures
@@ -271,7 +271,7 @@ def store_batch(
         get_run_logger().warning("%d images were reclaimed by another worker before they were stored: %s", len(lost), lost)
 
     for item, segmentation in segmented.done:
-        if item.image_id in lost or item.image_id in stored:  # (stored: its result could not be stored)
+        if item.image_id in lost or item.image_id in failed_status:  # its result could not be stored
             continue
         report.done += 1
         report.backbone = report.backbone or segmentation.diagnostics.backbone
@@ -281,7 +281,7 @@ def store_batch(
             _add_seconds(report.stage_seconds, stage, float(seconds))
     report.failures = [
         {"image_id": f.image_id, "uri": f.uri, "stage": f.stage, "reason": f.reason, "retryable": f.retryable,
-         "status": stored.get(f.image_id)}
+         "status": failed_status.get(f.image_id)}
         for f in failures
         if f.image_id not in lost
     ]
@@ -289,7 +289,7 @@ def store_batch(
     report.overlay_failures = [
         {"image_id": f.image_id, "uri": f.uri, "stage": f.stage, "reason": f.reason}
         for f in overlay_failures
-        if f.image_id not in lost and f.image_id not in stored
+        if f.image_id not in lost and f.image_id not in failed_status
     ]
     return report
 
