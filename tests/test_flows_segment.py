@@ -139,15 +139,25 @@ def test_bad_inputs_fail_alone_with_reasons_and_nothing_runs_twice(db_url, share
 
 
 def test_two_segment_flows_at_once_split_the_work(db_url, shared_data, tmp_path):
-    """Two workers (separate processes, as on two machines) drain one queue: no image twice."""
+    """Two workers (separate processes, as on two machines) drain one queue: no image twice.
+
+    The queue holds every photo twice (copies under other names), so that it lasts well beyond
+    the seconds one worker's Prefect start can lag behind the other's on the SQLite-backed test
+    server; the workers share the GPU slot batch by batch (slice 0), as runs on one GPU do."""
     import json
+    import shutil
     import subprocess
     import sys
     import time
 
     from flows.ingest import ingest
 
-    paths = fs.shared_images(shared_data)
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    paths = []
+    for i, src in enumerate(fs.shared_images(shared_data) * 2):
+        paths.append(copies / f"{i:03d}-{src.name}")
+        shutil.copyfile(src, paths[-1])
     ingest([str(p) for p in paths], database_url=db_url)
     go = tmp_path / "go"
     procs, readies = [], []
@@ -157,7 +167,8 @@ def test_two_segment_flows_at_once_split_the_work(db_url, shared_data, tmp_path)
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-c", fs.WORKER_SCRIPT, db_url, str(ready), str(go), "2"],
-                cwd=tmp_path, env=fs.worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                cwd=tmp_path, env={**fs.worker_env(), "CLASP_GPU_SLICE_SECONDS": "0"},
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )
         )
     try:
